@@ -1,0 +1,109 @@
+//! Versioned migrations, embedded in the binary. `PRAGMA user_version` holds the number
+//! of the last one applied; each runs once, in its own transaction.
+
+use r2d2_sqlite::rusqlite::{Connection, Result};
+
+/// Migration N is `MIGRATIONS[N - 1]`. Never edit a released one: add the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, keys, nonces, client tokens, resources, tasks and groups.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    -- The next ID for a task or a group: IDs are never reused, even after deletions.
+    INSERT INTO meta (key, value) VALUES ('next_id', 1);
+
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+
+    CREATE TABLE api_keys (
+        secret_id TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts (id),
+        secret_key TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE nonces (
+        secret_id TEXT NOT NULL,
+        nonce INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        signature TEXT NOT NULL,
+        answer TEXT,
+        PRIMARY KEY (secret_id, nonce)
+    ) WITHOUT ROWID;
+    CREATE INDEX nonces_by_expiry ON nonces (expires_at);
+
+    CREATE TABLE client_tokens (
+        account_id INTEGER NOT NULL,
+        token TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, token)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE resources (
+        id TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        region TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attrs TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        active_task INTEGER,
+        last_task INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX resources_listing ON resources (account_id, kind, region, created_at);
+
+    CREATE TABLE task_groups (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL,
+        group_id INTEGER,
+        action TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        params TEXT NOT NULL,
+        effect TEXT NOT NULL,
+        prior_state TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        error_code INTEGER,
+        error_message TEXT,
+        result TEXT
+    );
+    -- Recovery and dispatch read only unfinished tasks: a small partial index.
+    CREATE INDEX tasks_unfinished ON tasks (id) WHERE state IN ('QUEUED', 'RUNNING');
+    CREATE INDEX tasks_by_account ON tasks (account_id, id);
+    CREATE INDEX tasks_by_group ON tasks (group_id) WHERE group_id IS NOT NULL;
+    CREATE INDEX tasks_by_resource ON tasks (account_id, resource_id, id);
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const LATEST: u32 = MIGRATIONS.len() as u32;
+
+/// Applies every migration the database has not seen; returns the version it is at.
+pub fn migrate(conn: &mut Connection) -> Result<u32> {
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = (index + 1) as i64;
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "applied store migration");
+    }
+    Ok(current.max(LATEST))
+}
