@@ -194,7 +194,16 @@ mod tests {
             "9223372036854775807".parse::<RequestId>().unwrap().get(),
             MAX_ID
         );
-        for bad in ["", "0", "-1", "+1", "1.0", " 1", "9223372036854775808", "abc"] {
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "1.0",
+            " 1",
+            "9223372036854775808",
+            "abc",
+        ] {
             assert!(bad.parse::<RequestId>().is_err(), "{bad:?} accepted");
         }
     }

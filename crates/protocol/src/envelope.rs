@@ -224,7 +224,10 @@ pub fn chain(request_id: Option<u64>, detail: &[(String, DetailEntry)]) -> Strin
     let (code, message) = if refused == 0 {
         (None, "success")
     } else if refused == detail.len() {
-        (Some(ErrorCode::OperationFailed), "the operation failed for every resource; see detail")
+        (
+            Some(ErrorCode::OperationFailed),
+            "the operation failed for every resource; see detail",
+        )
     } else {
         summary = format!(
             "the operation failed for {refused} of {} resources; see detail",
@@ -269,23 +272,40 @@ mod tests {
             json!({"code": 4000, "message": "instanceId is required", "codeDesc": "InvalidParameter"})
         );
         let body = general(42, Map::new());
-        assert_eq!(parse(&body), json!({"code": 0, "message": "", "codeDesc": "Success", "requestId": "42"}));
+        assert_eq!(
+            parse(&body),
+            json!({"code": 0, "message": "", "codeDesc": "Success", "requestId": "42"})
+        );
     }
 
     #[test]
     fn chain_outer_code_follows_the_details() {
         let ok = |id| DetailEntry::Accepted { request_id: id };
-        let refused = || DetailEntry::Refused(ApiError::new(ErrorCode::ResourceNotFound, "no such instance"));
-        let all_ok = parse(&chain(Some(9), &[("ins-b".into(), ok(1)), ("ins-a".into(), ok(2))]));
+        let refused = || {
+            DetailEntry::Refused(ApiError::new(
+                ErrorCode::ResourceNotFound,
+                "no such instance",
+            ))
+        };
+        let all_ok = parse(&chain(
+            Some(9),
+            &[("ins-b".into(), ok(1)), ("ins-a".into(), ok(2))],
+        ));
         assert_eq!(all_ok["code"], 0);
         assert_eq!(all_ok["message"], "success");
         assert_eq!(all_ok["requestId"], "9");
-        assert_eq!(all_ok["detail"]["ins-a"], json!({"code": 0, "message": "", "requestId": "2"}));
+        assert_eq!(
+            all_ok["detail"]["ins-a"],
+            json!({"code": 0, "message": "", "requestId": "2"})
+        );
         // Request order is kept.
         let keys: Vec<&String> = all_ok["detail"].as_object().unwrap().keys().collect();
         assert_eq!(keys, ["ins-b", "ins-a"]);
 
-        let mixed = parse(&chain(Some(9), &[("ins-a".into(), ok(1)), ("ins-b".into(), refused())]));
+        let mixed = parse(&chain(
+            Some(9),
+            &[("ins-a".into(), ok(1)), ("ins-b".into(), refused())],
+        ));
         assert_eq!(mixed["code"], 5400);
         assert_eq!(mixed["detail"]["ins-b"]["code"], 5000);
 

@@ -27,7 +27,9 @@ pub enum ParamError {
     MalformedName { name: String },
     #[error("parameter {name} is given both as a value and as a list or object ({name}.…)")]
     Conflict { name: String },
-    #[error("list {name} has no element {name}.{missing}: indexes must run 0, 1, 2, … without gaps")]
+    #[error(
+        "list {name} has no element {name}.{missing}: indexes must run 0, 1, 2, … without gaps"
+    )]
     ListGap { name: String, missing: usize },
     #[error("parameter name {name} nests deeper than {max} levels")]
     TooDeep { name: String, max: usize },
@@ -54,8 +56,8 @@ impl Params {
                 let name = decode_component(name).map_err(|raw| ParamError::NotUtf8 {
                     name: String::from_utf8_lossy(&raw).into_owned(),
                 })?;
-                let value =
-                    decode_component(value).map_err(|_| ParamError::NotUtf8 { name: name.clone() })?;
+                let value = decode_component(value)
+                    .map_err(|_| ParamError::NotUtf8 { name: name.clone() })?;
                 Ok((name, value))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -157,7 +159,10 @@ fn normalise_name(name: String) -> String {
 fn decode_component(raw: &[u8]) -> Result<String, Vec<u8>> {
     let plus_as_space: Vec<u8>;
     let raw = if raw.contains(&b'+') {
-        plus_as_space = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+        plus_as_space = raw
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
         &plus_as_space[..]
     } else {
         raw
@@ -175,7 +180,9 @@ impl Node {
     fn insert(&mut self, name: &str, value: &str) -> Result<(), ParamError> {
         let parts: Vec<&str> = name.split('.').collect();
         if parts.iter().any(|p| p.is_empty()) {
-            return Err(ParamError::MalformedName { name: name.to_owned() });
+            return Err(ParamError::MalformedName {
+                name: name.to_owned(),
+            });
         }
         if parts.len() > MAX_NAME_DEPTH {
             return Err(ParamError::TooDeep {
@@ -195,7 +202,9 @@ impl Node {
                 // Names are unique and sorted, so a child already here has children:
                 // `a.0` sorts after `a`, and `a` after nothing it could conflict with.
                 if children.contains_key(*part) {
-                    return Err(ParamError::Conflict { name: name.to_owned() });
+                    return Err(ParamError::Conflict {
+                        name: name.to_owned(),
+                    });
                 }
                 children.insert((*part).to_owned(), Node::Leaf(value.to_owned()));
                 return Ok(());
@@ -268,7 +277,9 @@ mod tests {
     use serde_json::json;
 
     fn tree(form: &str) -> Result<Value, ParamError> {
-        Params::decode(form.as_bytes())?.tree(|_| true).map(Value::Object)
+        Params::decode(form.as_bytes())?
+            .tree(|_| true)
+            .map(Value::Object)
     }
 
     #[test]
@@ -292,7 +303,10 @@ mod tests {
     fn underscores_in_names_are_dots_but_values_are_untouched() {
         let p = Params::decode(b"instance_name=a_b&instanceIds_0=ins-1").unwrap();
         assert_eq!(p.get("instance.name"), Some("a_b"));
-        assert_eq!(tree("instanceIds_0=x&instanceIds.1=y").unwrap(), json!({"instanceIds": ["x", "y"]}));
+        assert_eq!(
+            tree("instanceIds_0=x&instanceIds.1=y").unwrap(),
+            json!({"instanceIds": ["x", "y"]})
+        );
     }
 
     #[test]
@@ -301,21 +315,54 @@ mod tests {
             ("a=1&a=2", ParamError::Duplicate { name: "a".into() }),
             ("a.b=1&a_b=2", ParamError::Duplicate { name: "a.b".into() }),
             ("=1", ParamError::EmptyName),
-            ("a..b=1", ParamError::MalformedName { name: "a..b".into() }),
+            (
+                "a..b=1",
+                ParamError::MalformedName {
+                    name: "a..b".into(),
+                },
+            ),
             ("a.=1", ParamError::MalformedName { name: "a.".into() }),
             ("a=1&a.0=2", ParamError::Conflict { name: "a".into() }),
             ("a.0=1&a.0.b=2", ParamError::Conflict { name: "a.0".into() }),
-            ("ids.0=a&ids.2=c", ParamError::ListGap { name: "ids".into(), missing: 1 }),
-            ("ids.1=a", ParamError::ListGap { name: "ids".into(), missing: 0 }),
-            ("f.0.v.1=a", ParamError::ListGap { name: "f.0.v".into(), missing: 0 }),
-            ("a.b.c.d.e.f.g.h.i=1", ParamError::TooDeep { name: "a.b.c.d.e.f.g.h.i".into(), max: 8 }),
+            (
+                "ids.0=a&ids.2=c",
+                ParamError::ListGap {
+                    name: "ids".into(),
+                    missing: 1,
+                },
+            ),
+            (
+                "ids.1=a",
+                ParamError::ListGap {
+                    name: "ids".into(),
+                    missing: 0,
+                },
+            ),
+            (
+                "f.0.v.1=a",
+                ParamError::ListGap {
+                    name: "f.0.v".into(),
+                    missing: 0,
+                },
+            ),
+            (
+                "a.b.c.d.e.f.g.h.i=1",
+                ParamError::TooDeep {
+                    name: "a.b.c.d.e.f.g.h.i".into(),
+                    max: 8,
+                },
+            ),
             ("a=%FF", ParamError::NotUtf8 { name: "a".into() }),
         ];
         for (form, expected) in cases {
             let got = Params::decode(form.as_bytes()).and_then(|p| p.tree(|_| true));
             assert_eq!(got.as_ref().err(), Some(expected), "for {form:?}");
         }
-        let message = ParamError::ListGap { name: "ids".into(), missing: 1 }.to_string();
+        let message = ParamError::ListGap {
+            name: "ids".into(),
+            missing: 1,
+        }
+        .to_string();
         assert!(message.contains("ids.1"), "{message}");
     }
 
@@ -336,7 +383,10 @@ mod tests {
         // A non-canonical index makes an object, not a list.
         assert_eq!(tree("a.01=x").unwrap(), json!({"a": {"01": "x"}}));
         // Huge indexes are not lists and allocate nothing.
-        assert_eq!(tree("a.99999999999=x").unwrap(), json!({"a": {"99999999999": "x"}}));
+        assert_eq!(
+            tree("a.99999999999=x").unwrap(),
+            json!({"a": {"99999999999": "x"}})
+        );
     }
 
     #[test]
@@ -348,7 +398,9 @@ mod tests {
     #[test]
     fn tree_keeps_only_selected_names() {
         let p = Params::decode(b"Action=X&Nonce=1&ids.0=a").unwrap();
-        let t = p.tree(|n| n.chars().next().is_some_and(|c| c.is_lowercase())).unwrap();
+        let t = p
+            .tree(|n| n.chars().next().is_some_and(|c| c.is_lowercase()))
+            .unwrap();
         assert_eq!(Value::Object(t), json!({"ids": ["a"]}));
     }
 

@@ -97,8 +97,12 @@ pub fn string_to_sign(method: HttpMethod, host: &str, path: &str, params: &Param
 /// The base64 signature of `message`.
 pub fn sign(method: SignatureMethod, secret_key: &[u8], message: &[u8]) -> String {
     match method {
-        SignatureMethod::HmacSha1 => BASE64.encode(keyed::<Sha1>(secret_key, message).finalize().into_bytes()),
-        SignatureMethod::HmacSha256 => BASE64.encode(keyed::<Sha256>(secret_key, message).finalize().into_bytes()),
+        SignatureMethod::HmacSha1 => {
+            BASE64.encode(keyed::<Sha1>(secret_key, message).finalize().into_bytes())
+        }
+        SignatureMethod::HmacSha256 => {
+            BASE64.encode(keyed::<Sha256>(secret_key, message).finalize().into_bytes())
+        }
     }
 }
 
@@ -116,7 +120,8 @@ pub fn verify(method: SignatureMethod, secret_key: &[u8], message: &[u8], signat
 }
 
 fn keyed<M: Mac + KeyInit>(secret_key: &[u8], message: &[u8]) -> M {
-    let mut mac = <M as KeyInit>::new_from_slice(secret_key).expect("HMAC takes keys of any length");
+    let mut mac =
+        <M as KeyInit>::new_from_slice(secret_key).expect("HMAC takes keys of any length");
     mac.update(message);
     mac
 }
@@ -136,7 +141,10 @@ pub fn sign_request(
 ) -> String {
     params.set("SignatureMethod", method.as_str());
     let message = string_to_sign(http, host, path, params);
-    params.set(SIGNATURE_PARAM, sign(method, secret_key.as_bytes(), message.as_bytes()));
+    params.set(
+        SIGNATURE_PARAM,
+        sign(method, secret_key.as_bytes(), message.as_bytes()),
+    );
     params.encode()
 }
 
@@ -196,12 +204,32 @@ mod tests {
             // From the wire, exactly as the server receives it.
             let received = Params::decode(v.wire.as_bytes()).unwrap();
             let message = string_to_sign(http(&v.method), &v.host, &v.path, &received);
-            assert_eq!(message, v.string_to_sign, "string to sign of {} from the wire", v.name);
+            assert_eq!(
+                message, v.string_to_sign,
+                "string to sign of {} from the wire",
+                v.name
+            );
             let claimed = received.get(SIGNATURE_PARAM).unwrap();
-            assert!(verify(method, v.secret_key.as_bytes(), message.as_bytes(), claimed), "{}", v.name);
-            assert!(!verify(method, b"wrong key", message.as_bytes(), claimed), "{}", v.name);
-            let other = if method == SignatureMethod::HmacSha1 { SignatureMethod::HmacSha256 } else { SignatureMethod::HmacSha1 };
-            assert!(!verify(other, v.secret_key.as_bytes(), message.as_bytes(), claimed), "{}", v.name);
+            assert!(
+                verify(method, v.secret_key.as_bytes(), message.as_bytes(), claimed),
+                "{}",
+                v.name
+            );
+            assert!(
+                !verify(method, b"wrong key", message.as_bytes(), claimed),
+                "{}",
+                v.name
+            );
+            let other = if method == SignatureMethod::HmacSha1 {
+                SignatureMethod::HmacSha256
+            } else {
+                SignatureMethod::HmacSha1
+            };
+            assert!(
+                !verify(other, v.secret_key.as_bytes(), message.as_bytes(), claimed),
+                "{}",
+                v.name
+            );
         }
     }
 

@@ -8,8 +8,8 @@
 
 mod reads;
 mod schema;
-mod writes;
 mod writer;
+mod writes;
 
 use async_trait::async_trait;
 use qtask_core::{AccountId, RequestId, SecretId, UnixMillis};
@@ -99,19 +99,32 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn record_nonce(&self, claim: NonceClaim) -> StoreResult<NonceOutcome> {
-        self.writer.write(move |c, _| writes::record_nonce(c, &claim)).await
+        self.writer
+            .write(move |c, _| writes::record_nonce(c, &claim))
+            .await
     }
 
     async fn submit(&self, submission: Submission) -> StoreResult<Submitted> {
-        self.writer.write(move |c, s| writes::submit(c, s, submission)).await
+        self.writer
+            .write(move |c, s| writes::submit(c, s, submission))
+            .await
     }
 
     async fn claim(&self, task: RequestId, now: UnixMillis) -> StoreResult<Option<ClaimedTask>> {
-        self.writer.write(move |c, _| writes::claim(c, task, now)).await
+        self.writer
+            .write(move |c, _| writes::claim(c, task, now))
+            .await
     }
 
-    async fn complete(&self, task: RequestId, outcome: TaskOutcome, now: UnixMillis) -> StoreResult<()> {
-        self.writer.write(move |c, _| writes::complete(c, task, &outcome, now)).await
+    async fn complete(
+        &self,
+        task: RequestId,
+        outcome: TaskOutcome,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c, _| writes::complete(c, task, &outcome, now))
+            .await
     }
 
     async fn recover(&self) -> StoreResult<Vec<RequestId>> {
@@ -131,8 +144,14 @@ impl Store for SqliteStore {
         self.read(move |c| reads::group(c, account, id)).await
     }
 
-    async fn tasks(&self, account: AccountId, filter: TaskFilter, page: Page) -> StoreResult<Listing<TaskRecord>> {
-        self.read(move |c| reads::tasks(c, account, &filter, page)).await
+    async fn tasks(
+        &self,
+        account: AccountId,
+        filter: TaskFilter,
+        page: Page,
+    ) -> StoreResult<Listing<TaskRecord>> {
+        self.read(move |c| reads::tasks(c, account, &filter, page))
+            .await
     }
 
     async fn resources(
@@ -141,12 +160,15 @@ impl Store for SqliteStore {
         filter: ResourceFilter,
         page: Page,
     ) -> StoreResult<Listing<ResourceRecord>> {
-        self.read(move |c| reads::resources(c, account, &filter, page)).await
+        self.read(move |c| reads::resources(c, account, &filter, page))
+            .await
     }
 
     async fn create_account(&self, name: &str, now: UnixMillis) -> StoreResult<AccountId> {
         let name = name.to_owned();
-        self.writer.write(move |c, _| writes::create_account(c, &name, now)).await
+        self.writer
+            .write(move |c, _| writes::create_account(c, &name, now))
+            .await
     }
 
     async fn account_by_name(&self, name: &str) -> StoreResult<Option<AccountId>> {
@@ -155,7 +177,9 @@ impl Store for SqliteStore {
     }
 
     async fn create_key(&self, key: NewApiKey, now: UnixMillis) -> StoreResult<()> {
-        self.writer.write(move |c, _| writes::create_key(c, &key, now)).await
+        self.writer
+            .write(move |c, _| writes::create_key(c, &key, now))
+            .await
     }
 
     async fn set_key_enabled(&self, secret_id: &SecretId, enabled: bool) -> StoreResult<bool> {

@@ -10,7 +10,8 @@ use r2d2_sqlite::rusqlite::types::{ToSql, Type};
 use r2d2_sqlite::rusqlite::{self, params, params_from_iter, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
-pub const TASK_COLUMNS: &str = "id, account_id, group_id, action, resource_id, region, params, state, attempts, \
+pub const TASK_COLUMNS: &str =
+    "id, account_id, group_id, action, resource_id, region, params, state, attempts, \
      created_at, started_at, finished_at, error_code, error_message, result";
 
 fn bad_column(index: usize, message: String) -> rusqlite::Error {
@@ -27,7 +28,8 @@ fn json_column(index: usize, text: Option<String>) -> rusqlite::Result<Option<Va
 }
 
 fn region(index: usize, text: String) -> rusqlite::Result<Region> {
-    text.parse().map_err(|_| bad_column(index, format!("unknown region {text}")))
+    text.parse()
+        .map_err(|_| bad_column(index, format!("unknown region {text}")))
 }
 
 pub fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
@@ -36,23 +38,29 @@ pub fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     Ok(TaskRecord {
         id: request_id(0, row.get(0)?)?,
         account: AccountId(row.get(1)?),
-        group: row.get::<_, Option<i64>>(2)?.map(|g| request_id(2, g)).transpose()?,
+        group: row
+            .get::<_, Option<i64>>(2)?
+            .map(|g| request_id(2, g))
+            .transpose()?,
         action: row.get(3)?,
         resource: ResourceId::from_stored(row.get(4)?),
         region: region(5, row.get(5)?)?,
         params: json_column(6, row.get(6)?)?.unwrap_or(Value::Null),
-        state: state.parse().map_err(|_| bad_column(7, format!("unknown task state {state}")))?,
+        state: state
+            .parse()
+            .map_err(|_| bad_column(7, format!("unknown task state {state}")))?,
         attempts: row.get(8)?,
         created_at: row.get(9)?,
         started_at: row.get(10)?,
         finished_at: row.get(11)?,
-        error: error_code.map(|code| {
-            Ok::<_, rusqlite::Error>(TaskError {
-                code,
-                message: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
+        error: error_code
+            .map(|code| {
+                Ok::<_, rusqlite::Error>(TaskError {
+                    code,
+                    message: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
+                })
             })
-        })
-        .transpose()?,
+            .transpose()?,
         result: json_column(14, row.get(14)?)?,
     })
 }
@@ -69,7 +77,9 @@ pub fn api_key(conn: &Connection, secret_id: &SecretId) -> StoreResult<Option<Ap
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
     let secret_id: String = row.get(0)?;
     Ok(ApiKey {
-        secret_id: secret_id.parse().map_err(|_| bad_column(0, format!("bad SecretId {secret_id}")))?,
+        secret_id: secret_id
+            .parse()
+            .map_err(|_| bad_column(0, format!("bad SecretId {secret_id}")))?,
         secret_key: row.get(1)?,
         account: AccountId(row.get(2)?),
         account_name: row.get(3)?,
@@ -99,17 +109,35 @@ pub fn account_by_name(conn: &Connection, name: &str) -> StoreResult<Option<Acco
         .map_err(backend)
 }
 
-pub fn task(conn: &Connection, account: AccountId, id: RequestId) -> StoreResult<Option<TaskRecord>> {
+pub fn task(
+    conn: &Connection,
+    account: AccountId,
+    id: RequestId,
+) -> StoreResult<Option<TaskRecord>> {
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1 AND account_id = ?2");
     conn.prepare_cached(&sql)
-        .and_then(|mut s| s.query_row(params![id.get() as i64, account.0], task_from_row).optional())
+        .and_then(|mut s| {
+            s.query_row(params![id.get() as i64, account.0], task_from_row)
+                .optional()
+        })
         .map_err(backend)
 }
 
-pub fn group(conn: &Connection, account: AccountId, id: RequestId) -> StoreResult<Option<GroupRecord>> {
+pub fn group(
+    conn: &Connection,
+    account: AccountId,
+    id: RequestId,
+) -> StoreResult<Option<GroupRecord>> {
     let head: Option<(String, i64)> = conn
-        .prepare_cached("SELECT action, created_at FROM task_groups WHERE id = ?1 AND account_id = ?2")
-        .and_then(|mut s| s.query_row(params![id.get() as i64, account.0], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .prepare_cached(
+            "SELECT action, created_at FROM task_groups WHERE id = ?1 AND account_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![id.get() as i64, account.0], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
         .map_err(backend)?;
     let Some((action, created_at)) = head else {
         return Ok(None);
@@ -117,7 +145,10 @@ pub fn group(conn: &Connection, account: AccountId, id: RequestId) -> StoreResul
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE group_id = ?1 ORDER BY id");
     let tasks = conn
         .prepare_cached(&sql)
-        .and_then(|mut s| s.query_map([id.get() as i64], task_from_row)?.collect::<rusqlite::Result<Vec<_>>>())
+        .and_then(|mut s| {
+            s.query_map([id.get() as i64], task_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
         .map_err(backend)?;
     Ok(Some(GroupRecord {
         id,
@@ -135,7 +166,10 @@ struct Conditions {
 
 impl Conditions {
     fn new() -> Self {
-        Self { sql: Vec::new(), args: Vec::new() }
+        Self {
+            sql: Vec::new(),
+            args: Vec::new(),
+        }
     }
 
     /// Adds a condition; `?` in it stands for the next argument(s), in order.
@@ -165,24 +199,41 @@ impl Conditions {
     fn count(&self, conn: &Connection, from: &str) -> StoreResult<u64> {
         let sql = format!("SELECT COUNT(*) FROM {from} WHERE {}", self.clause());
         conn.prepare(&sql)
-            .and_then(|mut s| s.query_row(params_from_iter(self.args.iter()), |r| r.get::<_, i64>(0)))
+            .and_then(|mut s| {
+                s.query_row(params_from_iter(self.args.iter()), |r| r.get::<_, i64>(0))
+            })
             .map(|n| n as u64)
             .map_err(backend)
     }
 }
 
-pub fn tasks(conn: &Connection, account: AccountId, filter: &TaskFilter, page: Page) -> StoreResult<Listing<TaskRecord>> {
+pub fn tasks(
+    conn: &Connection,
+    account: AccountId,
+    filter: &TaskFilter,
+    page: Page,
+) -> StoreResult<Listing<TaskRecord>> {
     let mut c = Conditions::new();
     c.push("account_id = ?", vec![Box::new(account.0)]);
     if !filter.states.is_empty() {
-        let names: Vec<Box<dyn ToSql>> = filter.states.iter().map(|s| Box::new(s.as_str()) as Box<dyn ToSql>).collect();
-        c.push(&format!("state IN ({})", Conditions::placeholders(names.len())), names);
+        let names: Vec<Box<dyn ToSql>> = filter
+            .states
+            .iter()
+            .map(|s| Box::new(s.as_str()) as Box<dyn ToSql>)
+            .collect();
+        c.push(
+            &format!("state IN ({})", Conditions::placeholders(names.len())),
+            names,
+        );
     }
     if let Some(action) = &filter.action {
         c.push("action = ?", vec![Box::new(action.clone())]);
     }
     if let Some(resource) = &filter.resource {
-        c.push("resource_id = ?", vec![Box::new(resource.as_str().to_owned())]);
+        c.push(
+            "resource_id = ?",
+            vec![Box::new(resource.as_str().to_owned())],
+        );
     }
     if let Some(from) = filter.created_from {
         c.push("created_at >= ?", vec![Box::new(from)]);
@@ -199,9 +250,22 @@ pub fn tasks(conn: &Connection, account: AccountId, filter: &TaskFilter, page: P
     );
     let items = conn
         .prepare(&sql)
-        .and_then(|mut s| s.query_map(params_from_iter(c.args.iter()), task_from_row)?.collect::<rusqlite::Result<Vec<_>>>())
+        .and_then(|mut s| {
+            s.query_map(params_from_iter(c.args.iter()), task_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
         .map_err(backend)?;
     Ok(Listing { total, items })
+}
+
+/// A JSON scalar as a SQL argument that compares equal to what `json_extract` yields.
+fn json_arg(value: &Value) -> Box<dyn ToSql> {
+    match value {
+        Value::Number(n) if n.is_i64() => Box::new(n.as_i64()),
+        Value::Bool(b) => Box::new(*b),
+        Value::String(s) => Box::new(s.clone()),
+        other => Box::new(other.to_string()),
+    }
 }
 
 pub fn resources(
@@ -215,23 +279,48 @@ pub fn resources(
     c.push("r.kind = ?", vec![Box::new(filter.kind.clone())]);
     c.push("r.region = ?", vec![Box::new(filter.region.as_str())]);
     if !filter.ids.is_empty() {
-        let ids: Vec<Box<dyn ToSql>> = filter.ids.iter().map(|i| Box::new(i.as_str().to_owned()) as Box<dyn ToSql>).collect();
-        c.push(&format!("r.id IN ({})", Conditions::placeholders(ids.len())), ids);
+        let ids: Vec<Box<dyn ToSql>> = filter
+            .ids
+            .iter()
+            .map(|i| Box::new(i.as_str().to_owned()) as Box<dyn ToSql>)
+            .collect();
+        c.push(
+            &format!("r.id IN ({})", Conditions::placeholders(ids.len())),
+            ids,
+        );
     }
     if !filter.states.is_empty() {
-        let states: Vec<Box<dyn ToSql>> =
-            filter.states.iter().map(|s| Box::new(s.as_str().to_owned()) as Box<dyn ToSql>).collect();
-        c.push(&format!("r.state IN ({})", Conditions::placeholders(states.len())), states);
+        let states: Vec<Box<dyn ToSql>> = filter
+            .states
+            .iter()
+            .map(|s| Box::new(s.as_str().to_owned()) as Box<dyn ToSql>)
+            .collect();
+        c.push(
+            &format!("r.state IN ({})", Conditions::placeholders(states.len())),
+            states,
+        );
     }
     if let Some(word) = &filter.search {
         let path = format!("$.{}", filter.name_attr);
         c.push(
             "(instr(r.id, ?) > 0 OR instr(COALESCE(json_extract(r.attrs, ?), ''), ?) > 0)",
-            vec![Box::new(word.clone()), Box::new(path), Box::new(word.clone())],
+            vec![
+                Box::new(word.clone()),
+                Box::new(path),
+                Box::new(word.clone()),
+            ],
         );
     }
-    if let Some(zone) = &filter.zone {
-        c.push("json_extract(r.attrs, '$.zone') = ?", vec![Box::new(zone.clone())]);
+    for (attr, values) in &filter.attr_in {
+        let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(format!("$.{attr}"))];
+        args.extend(values.iter().map(json_arg));
+        c.push(
+            &format!(
+                "json_extract(r.attrs, ?) IN ({})",
+                Conditions::placeholders(values.len())
+            ),
+            args,
+        );
     }
     let total = c.count(conn, "resources r")?;
     let sql = format!(
@@ -256,7 +345,9 @@ pub fn resources(
                     Some(LastOperation {
                         task: request_id(7, task)?,
                         action: row.get(8)?,
-                        state: state.parse::<TaskState>().map_err(|e| bad_column(9, e.to_string()))?,
+                        state: state
+                            .parse::<TaskState>()
+                            .map_err(|e| bad_column(9, e.to_string()))?,
                         error: match error_code {
                             Some(code) => Some(TaskError {
                                 code,
@@ -275,7 +366,10 @@ pub fn resources(
                     state: ResourceState(row.get(3)?),
                     attrs: Default::default(),
                     created_at: row.get(5)?,
-                    active_task: row.get::<_, Option<i64>>(6)?.map(|t| request_id(6, t)).transpose()?,
+                    active_task: row
+                        .get::<_, Option<i64>>(6)?
+                        .map(|t| request_id(6, t))
+                        .transpose()?,
                     last_operation,
                 },
                 attrs,

@@ -41,7 +41,9 @@ impl WriterHandle {
     /// Starts the writer thread on `conn`.
     pub fn spawn(conn: Connection) -> StoreResult<(Self, std::thread::JoinHandle<()>)> {
         let next_id: u64 = conn
-            .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map_err(backend)? as u64;
         let state = WriterState {
             next_id,
@@ -117,7 +119,10 @@ fn run(conn: Connection, mut state: WriterState, inbox: mpsc::Receiver<Job>) {
             }
             continue;
         }
-        let finishes: Vec<Finish> = batch.into_iter().map(|job| job(&conn, &mut state)).collect();
+        let finishes: Vec<Finish> = batch
+            .into_iter()
+            .map(|job| job(&conn, &mut state))
+            .collect();
         let commit = persist_next_id(&conn, &state)
             .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
         match &commit {

@@ -37,9 +37,10 @@ fn insert_nonce(conn: &Connection, claim: &NonceClaim) -> StoreResult<Option<Opt
     let (signature, answer): (String, Option<String>) = conn
         .prepare_cached("SELECT signature, answer FROM nonces WHERE secret_id = ?1 AND nonce = ?2")
         .and_then(|mut s| {
-            s.query_row(params![claim.secret_id.as_str(), claim.nonce.get() as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            s.query_row(
+                params![claim.secret_id.as_str(), claim.nonce.get() as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
         .map_err(backend)?;
     if signature == claim.signature {
@@ -52,7 +53,11 @@ fn insert_nonce(conn: &Connection, claim: &NonceClaim) -> StoreResult<Option<Opt
     }
 }
 
-pub fn submit(conn: &Connection, ids: &mut WriterState, submission: Submission) -> StoreResult<Submitted> {
+pub fn submit(
+    conn: &Connection,
+    ids: &mut WriterState,
+    submission: Submission,
+) -> StoreResult<Submitted> {
     let Submission {
         account,
         region,
@@ -79,7 +84,9 @@ pub fn submit(conn: &Connection, ids: &mut WriterState, submission: Submission) 
     if let Some(key) = &idempotency {
         if let Some(first_answer) = earlier_answer(conn, account, key)? {
             store_answer(conn, &nonce, &first_answer)?;
-            return Ok(Submitted::Repeated { answer: first_answer });
+            return Ok(Submitted::Repeated {
+                answer: first_answer,
+            });
         }
     }
 
@@ -87,7 +94,16 @@ pub fn submit(conn: &Connection, ids: &mut WriterState, submission: Submission) 
     let mut outcomes = Vec::with_capacity(tasks.len());
     for planned in &tasks {
         let resource = planned.target.resource_id().clone();
-        let outcome = plan_one(conn, ids, account, region.as_str(), &action, group, planned, now)?;
+        let outcome = plan_one(
+            conn,
+            ids,
+            account,
+            region.as_str(),
+            &action,
+            group,
+            planned,
+            now,
+        )?;
         outcomes.push((resource, outcome));
     }
     let report = SubmitReport {
@@ -114,12 +130,20 @@ pub fn submit(conn: &Connection, ids: &mut WriterState, submission: Submission) 
     Ok(Submitted::New { report, answer })
 }
 
-fn earlier_answer(conn: &Connection, account: AccountId, key: &IdempotencyKey) -> StoreResult<Option<String>> {
+fn earlier_answer(
+    conn: &Connection,
+    account: AccountId,
+    key: &IdempotencyKey,
+) -> StoreResult<Option<String>> {
     let found: Option<(String, String)> = conn
-        .prepare_cached("SELECT fingerprint, answer FROM client_tokens WHERE account_id = ?1 AND token = ?2")
+        .prepare_cached(
+            "SELECT fingerprint, answer FROM client_tokens WHERE account_id = ?1 AND token = ?2",
+        )
         .and_then(|mut s| {
-            s.query_row(params![account.0, key.token], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
+            s.query_row(params![account.0, key.token], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
         })
         .map_err(backend)?;
     match found {
@@ -133,7 +157,13 @@ fn earlier_answer(conn: &Connection, account: AccountId, key: &IdempotencyKey) -
 
 fn store_answer(conn: &Connection, nonce: &NonceClaim, answer: &str) -> StoreResult<()> {
     conn.prepare_cached("UPDATE nonces SET answer = ?3 WHERE secret_id = ?1 AND nonce = ?2")
-        .and_then(|mut s| s.execute(params![nonce.secret_id.as_str(), nonce.nonce.get() as i64, answer]))
+        .and_then(|mut s| {
+            s.execute(params![
+                nonce.secret_id.as_str(),
+                nonce.nonce.get() as i64,
+                answer
+            ])
+        })
         .map_err(backend)?;
     Ok(())
 }
@@ -152,10 +182,14 @@ fn plan_one(
     let prior_state = match &planned.target {
         Target::Existing { id, allowed } => {
             let found: Option<(i64, String, String, Option<i64>)> = conn
-                .prepare_cached("SELECT account_id, region, state, active_task FROM resources WHERE id = ?1")
+                .prepare_cached(
+                    "SELECT account_id, region, state, active_task FROM resources WHERE id = ?1",
+                )
                 .and_then(|mut s| {
-                    s.query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                        .optional()
+                    s.query_row([id.as_str()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
+                    .optional()
                 })
                 .map_err(backend)?;
             let Some((owner, resource_region, state, active)) = found else {
@@ -170,7 +204,8 @@ fn plan_one(
                     .and_then(|mut s| s.query_row([active], |r| r.get(0)))
                     .map_err(backend)?;
                 return Ok(Err(Rejection::Busy {
-                    task: RequestId::new(active as u64).map_err(|e| StoreError::Backend(e.to_string()))?,
+                    task: RequestId::new(active as u64)
+                        .map_err(|e| StoreError::Backend(e.to_string()))?,
                     action: active_action,
                 }));
             }
@@ -191,9 +226,11 @@ fn plan_one(
     match &planned.target {
         Target::Existing { id, .. } => {
             let shown = planned.effect.transitional.as_ref().unwrap_or(&prior_state);
-            conn.prepare_cached("UPDATE resources SET state = ?2, active_task = ?3, last_task = ?3 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id.as_str(), shown.as_str(), task_id]))
-                .map_err(backend)?;
+            conn.prepare_cached(
+                "UPDATE resources SET state = ?2, active_task = ?3, last_task = ?3 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id.as_str(), shown.as_str(), task_id]))
+            .map_err(backend)?;
         }
         Target::Create(new) => {
             let inserted = conn
@@ -241,14 +278,21 @@ fn plan_one(
     Ok(Ok(task))
 }
 
-pub fn claim(conn: &Connection, task: RequestId, now: UnixMillis) -> StoreResult<Option<ClaimedTask>> {
+pub fn claim(
+    conn: &Connection,
+    task: RequestId,
+    now: UnixMillis,
+) -> StoreResult<Option<ClaimedTask>> {
     let sql = format!(
         "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1, started_at = ?2
          WHERE id = ?1 AND state = 'QUEUED' RETURNING {TASK_COLUMNS}"
     );
     let claimed = conn
         .prepare_cached(&sql)
-        .and_then(|mut s| s.query_row(params![task.get() as i64, now], task_from_row).optional())
+        .and_then(|mut s| {
+            s.query_row(params![task.get() as i64, now], task_from_row)
+                .optional()
+        })
         .map_err(backend)?;
     let Some(task) = claimed else {
         return Ok(None);
@@ -263,11 +307,19 @@ pub fn claim(conn: &Connection, task: RequestId, now: UnixMillis) -> StoreResult
     }))
 }
 
-pub fn complete(conn: &Connection, task: RequestId, outcome: &TaskOutcome, now: UnixMillis) -> StoreResult<()> {
+pub fn complete(
+    conn: &Connection,
+    task: RequestId,
+    outcome: &TaskOutcome,
+    now: UnixMillis,
+) -> StoreResult<()> {
     let id = task.get() as i64;
     let found: Option<(String, String, String, String)> = conn
         .prepare_cached("SELECT resource_id, effect, prior_state, state FROM tasks WHERE id = ?1")
-        .and_then(|mut s| s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).optional())
+        .and_then(|mut s| {
+            s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()
+        })
         .map_err(backend)?;
     let Some((resource, effect, prior, state)) = found else {
         return Err(StoreError::NotFound(format!("task {task}")));
@@ -308,10 +360,16 @@ pub fn complete(conn: &Connection, task: RequestId, outcome: &TaskOutcome, now: 
 
 pub fn recover(conn: &Connection) -> StoreResult<Vec<RequestId>> {
     let requeued = conn
-        .execute("UPDATE tasks SET state = 'QUEUED' WHERE state = 'RUNNING'", [])
+        .execute(
+            "UPDATE tasks SET state = 'QUEUED' WHERE state = 'RUNNING'",
+            [],
+        )
         .map_err(backend)?;
     if requeued > 0 {
-        tracing::warn!(requeued, "tasks that were running when the last process stopped will run again");
+        tracing::warn!(
+            requeued,
+            "tasks that were running when the last process stopped will run again"
+        );
     }
     let mut stmt = conn
         .prepare("SELECT id FROM tasks WHERE state IN ('QUEUED', 'RUNNING') ORDER BY id")
@@ -320,8 +378,9 @@ pub fn recover(conn: &Connection) -> StoreResult<Vec<RequestId>> {
         .query_map([], |r| r.get::<_, i64>(0))
         .map_err(backend)?
         .map(|id| {
-            id.map_err(backend)
-                .and_then(|id| RequestId::new(id as u64).map_err(|e| StoreError::Backend(e.to_string())))
+            id.map_err(backend).and_then(|id| {
+                RequestId::new(id as u64).map_err(|e| StoreError::Backend(e.to_string()))
+            })
         })
         .collect();
     ids
@@ -345,7 +404,11 @@ pub fn create_key(conn: &Connection, key: &NewApiKey, now: UnixMillis) -> StoreR
     Ok(())
 }
 
-pub fn set_key_enabled(conn: &Connection, secret_id: &SecretId, enabled: bool) -> StoreResult<bool> {
+pub fn set_key_enabled(
+    conn: &Connection,
+    secret_id: &SecretId,
+    enabled: bool,
+) -> StoreResult<bool> {
     let changed = conn
         .execute(
             "UPDATE api_keys SET enabled = ?2 WHERE secret_id = ?1",
@@ -367,7 +430,12 @@ fn effect_to_json(effect: &Effect) -> Value {
 
 fn effect_from_json(text: &str) -> StoreResult<Effect> {
     let value = parse_object(text)?;
-    let state = |key: &str| value.get(key).and_then(Value::as_str).map(ResourceState::new);
+    let state = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .map(ResourceState::new)
+    };
     Ok(Effect {
         transitional: state("transitional"),
         on_success: state("onSuccess"),
@@ -383,6 +451,8 @@ fn effect_from_json(text: &str) -> StoreResult<Effect> {
 pub fn parse_object(text: &str) -> StoreResult<Map<String, Value>> {
     match serde_json::from_str(text) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(StoreError::Backend(format!("corrupt JSON object in the store: {text:.80}"))),
+        _ => Err(StoreError::Backend(format!(
+            "corrupt JSON object in the store: {text:.80}"
+        ))),
     }
 }

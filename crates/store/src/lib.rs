@@ -62,7 +62,12 @@ pub trait Store: Send + Sync + 'static {
     async fn claim(&self, task: RequestId, now: UnixMillis) -> StoreResult<Option<ClaimedTask>>;
 
     /// Records a RUNNING task's outcome and applies its effect to the resource.
-    async fn complete(&self, task: RequestId, outcome: TaskOutcome, now: UnixMillis) -> StoreResult<()>;
+    async fn complete(
+        &self,
+        task: RequestId,
+        outcome: TaskOutcome,
+        now: UnixMillis,
+    ) -> StoreResult<()>;
 
     /// At start-up: puts tasks left RUNNING by a previous process back to QUEUED and
     /// returns every QUEUED task in submission order.
@@ -74,8 +79,18 @@ pub trait Store: Send + Sync + 'static {
     async fn task(&self, account: AccountId, id: RequestId) -> StoreResult<Option<TaskRecord>>;
     /// A chain (or any group of tasks one call created) with its tasks.
     async fn group(&self, account: AccountId, id: RequestId) -> StoreResult<Option<GroupRecord>>;
-    async fn tasks(&self, account: AccountId, filter: TaskFilter, page: Page) -> StoreResult<Listing<TaskRecord>>;
-    async fn resources(&self, account: AccountId, filter: ResourceFilter, page: Page) -> StoreResult<Listing<ResourceRecord>>;
+    async fn tasks(
+        &self,
+        account: AccountId,
+        filter: TaskFilter,
+        page: Page,
+    ) -> StoreResult<Listing<TaskRecord>>;
+    async fn resources(
+        &self,
+        account: AccountId,
+        filter: ResourceFilter,
+        page: Page,
+    ) -> StoreResult<Listing<ResourceRecord>>;
 
     // --- administration ---
 
@@ -102,7 +117,9 @@ pub enum NonceOutcome {
     Fresh,
     /// The same request again (a client's automatic resend); `answer` is what the first
     /// one got, when that was a mutating request.
-    Resent { answer: Option<String> },
+    Resent {
+        answer: Option<String>,
+    },
 }
 
 /// A client token: the same token, action and parameters from one account give the
@@ -175,14 +192,19 @@ pub struct SubmitReport {
 
 impl SubmitReport {
     pub fn accepted(&self) -> impl Iterator<Item = RequestId> + '_ {
-        self.outcomes.iter().filter_map(|(_, o)| o.as_ref().ok().copied())
+        self.outcomes
+            .iter()
+            .filter_map(|(_, o)| o.as_ref().ok().copied())
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
     /// Committed now: `tasks` are QUEUED and must be dispatched.
-    New { report: SubmitReport, answer: String },
+    New {
+        report: SubmitReport,
+        answer: String,
+    },
     /// The same request was answered before (a resent nonce or a repeated client
     /// token): nothing new was created.
     Repeated { answer: String },

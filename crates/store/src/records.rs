@@ -1,7 +1,8 @@
 //! What reads return, and the filters they take.
 
 use qtask_core::{
-    AccountId, Region, RequestId, ResourceId, ResourceState, SecretId, TaskError, TaskState, UnixMillis,
+    AccountId, Region, RequestId, ResourceId, ResourceState, SecretId, TaskError, TaskState,
+    UnixMillis,
 };
 use serde_json::{Map, Value};
 
@@ -99,6 +100,7 @@ pub struct ResourceFilter {
     /// Matches a substring of the ID or of the `name_attr` attribute.
     pub search: Option<String>,
     pub name_attr: &'static str,
-    /// Exact match on the `zone` attribute.
-    pub zone: Option<String>,
+    /// Each entry keeps resources whose attribute equals one of the values (text or
+    /// integer JSON values).
+    pub attr_in: Vec<(&'static str, Vec<Value>)>,
 }

@@ -1,0 +1,258 @@
+//! `qtask serve` configuration: defaults, then an optional TOML file, then `QTASK_*`
+//! environment variables, then flags — each later source overriding the earlier.
+//! Every option has one flag, one variable and one file key (the flag's name with `_`).
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Flags (and their environment variables) of `qtask serve`.
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the options below (keys are the flag names with `_`).
+    #[arg(long, env = "QTASK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the database, TLS files and credentials live [default: ./qtask-data].
+    #[arg(long, env = "QTASK_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Plain HTTP listen address, or `off` [default: 127.0.0.1:8080].
+    #[arg(long, env = "QTASK_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// HTTPS listen address, or `off` [default: 127.0.0.1:8443].
+    #[arg(long, env = "QTASK_TLS_LISTEN", value_name = "ADDR")]
+    pub tls_listen: Option<String>,
+    /// PEM certificate chain for HTTPS; without it qtask generates a private CA and a
+    /// server certificate in DATA_DIR/tls.
+    #[arg(
+        long,
+        env = "QTASK_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(
+        long,
+        env = "QTASK_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS name or IP address for the generated certificate (repeatable).
+    #[arg(
+        long = "tls-name",
+        env = "QTASK_TLS_NAMES",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub tls_names: Vec<String>,
+    /// Multiplies simulated task durations; 0 finishes tasks at once [default: 1].
+    #[arg(long, env = "QTASK_SIM_SPEED", value_name = "FACTOR")]
+    pub sim_speed: Option<f64>,
+    /// How many tasks run at the same time [default: 64].
+    #[arg(long, env = "QTASK_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Largest accepted distance, in seconds, between a request's Timestamp and the
+    /// server's clock; nonces are remembered as long [default: 300].
+    #[arg(long, env = "QTASK_TIMESTAMP_WINDOW", value_name = "SECONDS")]
+    pub timestamp_window: Option<u64>,
+    /// A `host[:port]` clients may sign besides the Host they send, for a server behind
+    /// a proxy that rewrites Host (repeatable).
+    #[arg(
+        long = "public-name",
+        env = "QTASK_PUBLIC_NAMES",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    pub public_names: Vec<String>,
+    /// Seconds running tasks get to finish at shutdown before they are left to the next
+    /// start [default: 10].
+    #[arg(long, env = "QTASK_SHUTDOWN_GRACE", value_name = "SECONDS")]
+    pub shutdown_grace: Option<u64>,
+}
+
+/// The same options in the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    tls_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_names: Option<Vec<String>>,
+    sim_speed: Option<f64>,
+    workers: Option<usize>,
+    timestamp_window: Option<u64>,
+    public_names: Option<Vec<String>>,
+    shutdown_grace: Option<u64>,
+    /// Per-action failure probability of the simulator (file only):
+    /// `[sim_failure_rates]` then `StopInstances = 0.1`.
+    sim_failure_rates: Option<HashMap<String, f64>>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    pub tls_names: Vec<String>,
+    pub sim_speed: f64,
+    pub sim_failure_rates: HashMap<String, f64>,
+    pub workers: usize,
+    pub timestamp_window: Duration,
+    pub public_names: Vec<String>,
+    pub shutdown_grace: Duration,
+}
+
+impl ServeConfig {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let tls_listen = args
+            .tls_listen
+            .or(file.tls_listen)
+            .unwrap_or_else(|| "127.0.0.1:8443".into());
+        let tls_files = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("tls_cert and tls_key go together: give both or neither"),
+        };
+        let sim_speed = args.sim_speed.or(file.sim_speed).unwrap_or(1.0);
+        if !sim_speed.is_finite() || sim_speed < 0.0 {
+            bail!("sim_speed must be a number ≥ 0, not {sim_speed}");
+        }
+        let sim_failure_rates = file.sim_failure_rates.unwrap_or_default();
+        for (action, rate) in &sim_failure_rates {
+            if !(0.0..=1.0).contains(rate) {
+                bail!("sim_failure_rates.{action} must be between 0 and 1, not {rate}");
+            }
+        }
+        let workers = args.workers.or(file.workers).unwrap_or(64);
+        if workers == 0 {
+            bail!("workers must be at least 1");
+        }
+        let timestamp_window = args
+            .timestamp_window
+            .or(file.timestamp_window)
+            .unwrap_or(300);
+        if timestamp_window == 0 {
+            bail!("timestamp_window must be at least 1 second");
+        }
+        let or_file = |flags: Vec<String>, file: Option<Vec<String>>| {
+            if flags.is_empty() {
+                file.unwrap_or_default()
+            } else {
+                flags
+            }
+        };
+        Ok(Self {
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("qtask-data")),
+            listen: parse_listen("listen", &listen)?,
+            tls_listen: parse_listen("tls_listen", &tls_listen)?,
+            tls_files,
+            tls_names: or_file(args.tls_names, file.tls_names),
+            sim_speed,
+            sim_failure_rates,
+            workers,
+            timestamp_window: Duration::from_secs(timestamp_window),
+            public_names: or_file(args.public_names, file.public_names),
+            shutdown_grace: Duration::from_secs(
+                args.shutdown_grace.or(file.shutdown_grace).unwrap_or(10),
+            ),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn parse_listen(option: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value.parse().map(Some).with_context(|| {
+        format!("{option} must be an address such as 127.0.0.1:8080 (or off), not {value:?}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("qtask.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nworkers = 8\nsim_speed = 0.5\n[sim_failure_rates]\nStopInstances = 0.25\n",
+        )
+        .unwrap();
+        let config = ServeConfig::resolve(ServeArgs {
+            config: Some(file),
+            workers: Some(3),
+            tls_listen: Some("off".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(config.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(config.tls_listen, None);
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.sim_speed, 0.5);
+        assert_eq!(config.sim_failure_rates["StopInstances"], 0.25);
+        assert_eq!(config.data_dir, PathBuf::from("qtask-data"));
+        assert_eq!(config.timestamp_window, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("qtask.toml");
+        std::fs::write(&file, "listn = \"x\"\n").unwrap();
+        let error = ServeConfig::resolve(ServeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("unknown field `listn`"),
+            "{error:#}"
+        );
+        let error = ServeConfig::resolve(ServeArgs {
+            listen: Some("nowhere".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("listen must be an address"),
+            "{error}"
+        );
+        let error = ServeConfig::resolve(ServeArgs {
+            sim_speed: Some(-1.0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("sim_speed"), "{error}");
+    }
+}

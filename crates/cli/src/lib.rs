@@ -1,0 +1,11 @@
+//! The `qtask` binary's library: configuration, the server's wiring, key management,
+//! and the signing API client shared by `qtask call` and the integration tests.
+//!
+//! Architecture invariant: this is the only crate that picks a store backend.
+
+pub mod call;
+pub mod client;
+pub mod config;
+pub mod credentials;
+pub mod keys;
+pub mod serve;

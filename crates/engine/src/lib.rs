@@ -1,0 +1,244 @@
+//! The engine: what happens between a verified request and its answer, and after.
+//!
+//! - [`catalog`]: every action, its parameters, and what it does to resources;
+//! - [`Engine::call`]: runs a query, or plans a mutating call's tasks and commits them
+//!   through the store (with the nonce, in one transaction) before answering;
+//! - [`dispatch`]: hands committed tasks to a pool of workers, which claim them, run
+//!   their [`executor`], and record the outcome.
+//!
+//! Architecture invariant: the engine never sees the wire format. It takes decoded
+//! parameters and returns answers through a [`Render`] the server supplies.
+
+pub mod args;
+pub mod catalog;
+pub mod dispatch;
+pub mod executor;
+pub mod time;
+mod views;
+
+use args::ArgError;
+use catalog::{Catalog, Handler, QueryContext};
+use dispatch::Dispatcher;
+use qtask_core::{
+    AccountId, Nonce, Region, Rejection, RequestId, ResourceId, SecretId, UnixMillis,
+};
+use qtask_store::{NonceClaim, NonceOutcome, Store, StoreError, Submission, Submitted};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// A verified request, ready for the engine.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub account: AccountId,
+    pub secret_id: SecretId,
+    pub nonce: Nonce,
+    /// When the request's nonce may be forgotten: past it, its timestamp is refused.
+    pub nonce_expires_at: UnixMillis,
+    pub signature: String,
+    pub action: String,
+    pub region: Region,
+    /// The action's own parameters (common ones removed), unflattened.
+    pub params: Map<String, Value>,
+    pub now: UnixMillis,
+}
+
+/// A successful answer, before rendering.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A query's data, placed beside `code` and `message`.
+    Data(Map<String, Value>),
+    /// A general asynchronous call: the task (or group) ID and any extra fields.
+    Accepted {
+        request_id: RequestId,
+        extra: Map<String, Value>,
+    },
+    /// A task-chain call: one line per resource, in request order.
+    Chain {
+        request_id: Option<RequestId>,
+        detail: Vec<(ResourceId, Result<RequestId, Refusal>)>,
+    },
+}
+
+/// One resource's refusal, with the noun its catalog uses for it ("instance").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub noun: &'static str,
+    pub resource: ResourceId,
+    pub action: String,
+    pub rejection: Rejection,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Refusal {
+            noun,
+            resource,
+            action,
+            rejection,
+        } = self;
+        match rejection {
+            Rejection::NotFound => write!(f, "{noun} {resource} does not exist"),
+            Rejection::Busy { task, action: busy } => write!(
+                f,
+                "{noun} {resource} has an unfinished task {task} ({busy}); {action} can run when it ends"
+            ),
+            Rejection::WrongState { state, allowed } => {
+                let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+                write!(f, "{noun} {resource} is {state}; {action} needs it to be {}", allowed.join(" or "))
+            }
+        }
+    }
+}
+
+/// Why a call failed as a whole.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    InvalidArgument(#[from] ArgError),
+    #[error("the action {0} does not exist")]
+    UnknownAction(String),
+    /// A named thing (task, chain) does not exist for this account.
+    #[error("{0}")]
+    NotFound(String),
+    /// The single resource of a general call refused the operation.
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("the Nonce was already used by this SecretId for another request")]
+    NonceReused,
+    #[error("clientToken {0:?} was already used with a different action or parameters")]
+    TokenReused(String),
+    /// A failure of qtask itself; the details go to the log, not to the caller.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NonceReused { .. } => Self::NonceReused,
+            StoreError::TokenReused { token } => Self::TokenReused(token),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+pub type Outcome = Result<Answer, EngineError>;
+
+/// Turns an outcome into the body sent to the client. The server supplies it; the
+/// engine also calls it inside a submission's transaction, so that the exact answer
+/// can be kept for a resent request.
+pub trait Render: Send + Sync + 'static {
+    fn render(&self, outcome: &Outcome) -> String;
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    dispatcher: Dispatcher,
+    render: Arc<dyn Render>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        dispatcher: Dispatcher,
+        render: Arc<dyn Render>,
+    ) -> Self {
+        Self {
+            store,
+            catalog,
+            dispatcher,
+            render,
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Runs one verified call and returns the body to send.
+    pub async fn call(&self, call: Call) -> String {
+        match self.try_call(call).await {
+            Ok(Reply::Fresh(answer)) => self.render.render(&Ok(answer)),
+            Ok(Reply::Stored(body)) => body,
+            Err(error) => {
+                if let EngineError::Internal(detail) = &error {
+                    tracing::error!(%detail, "call failed inside qtask");
+                }
+                self.render.render(&Err(error))
+            }
+        }
+    }
+
+    async fn try_call(&self, call: Call) -> Result<Reply, EngineError> {
+        let action = self
+            .catalog
+            .get(&call.action)
+            .ok_or_else(|| EngineError::UnknownAction(call.action.clone()))?;
+        let nonce = NonceClaim {
+            secret_id: call.secret_id.clone(),
+            nonce: call.nonce,
+            expires_at: call.nonce_expires_at,
+            signature: call.signature.clone(),
+        };
+        match &action.handler {
+            Handler::Query(query) => {
+                action.check_params(&call.params)?;
+                if let NonceOutcome::Resent { answer: Some(body) } =
+                    self.store.record_nonce(nonce).await?
+                {
+                    return Ok(Reply::Stored(body));
+                }
+                let ctx = QueryContext {
+                    store: self.store.as_ref(),
+                    catalog: &self.catalog,
+                    call: &call,
+                };
+                query(ctx).await.map(Reply::Fresh)
+            }
+            Handler::Mutate(operation) => {
+                action.check_params(&call.params)?;
+                let mut plan = operation.plan(&call).await?;
+                let mut attempt = 0;
+                let submitted = loop {
+                    let shape = plan.shape.clone();
+                    let render = Arc::clone(&self.render);
+                    let submission = Submission {
+                        account: call.account,
+                        region: call.region,
+                        action: call.action.clone(),
+                        nonce: nonce.clone(),
+                        idempotency: plan.idempotency.clone(),
+                        grouped: plan.shape.grouped(),
+                        tasks: plan.tasks.clone(),
+                        now: call.now,
+                        answer: Box::new(move |report| render.render(&shape.answer(report))),
+                    };
+                    attempt += 1;
+                    match self.store.submit(submission).await {
+                        // A new resource drew an ID that exists; the store rolled the
+                        // whole submission back, so draw again.
+                        Err(StoreError::DuplicateResource(id)) if attempt < 5 => {
+                            tracing::info!(%id, "a new resource ID collided; drawing again");
+                            plan.redraw_ids();
+                        }
+                        other => break other?,
+                    }
+                };
+                match submitted {
+                    Submitted::New { report, answer } => {
+                        self.dispatcher.enqueue(report.accepted());
+                        Ok(Reply::Stored(answer))
+                    }
+                    Submitted::Repeated { answer } => Ok(Reply::Stored(answer)),
+                }
+            }
+        }
+    }
+}
+
+enum Reply {
+    Fresh(Answer),
+    Stored(String),
+}
