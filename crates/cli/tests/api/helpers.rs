@@ -1,0 +1,229 @@
+//! The one way tests start a server: [`TestApp::spawn`] runs the real binary with a
+//! fresh data directory on ephemeral ports and returns signed clients for it.
+
+#![allow(dead_code)]
+
+use qtask::client::{Client, ClientConfig};
+use qtask_protocol::signature::{HttpMethod, SignatureMethod};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct TestApp {
+    child: Child,
+    pub data_dir: PathBuf,
+    /// Keeps the directory alive; `None` when the caller owns it.
+    _dir: Option<tempfile::TempDir>,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub secret_id: String,
+    pub secret_key: String,
+    /// Every stdout line the server printed so far.
+    pub output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    extra_args: Vec<String>,
+}
+
+impl TestApp {
+    /// A server with instant simulated tasks.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&["--sim-speed", "0"]).await
+    }
+
+    pub async fn spawn_with(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data_dir = dir.path().join("data");
+        let mut app = Self::start(&data_dir, args);
+        app._dir = Some(dir);
+        app
+    }
+
+    fn start(data_dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qtask"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("QTASK_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the qtask binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let ready = line.starts_with("Ready.");
+                    output.lock().unwrap().push(line);
+                    if ready {
+                        let _ = ready_tx.send(());
+                    }
+                }
+            });
+        }
+        if ready_rx.recv_timeout(DEADLINE).is_err() {
+            let _ = child.kill();
+            panic!("qtask did not become ready; it printed: {:?}", output.lock().unwrap());
+        }
+        let lines = output.lock().unwrap().clone();
+        let address = |scheme: &str| -> SocketAddr {
+            let prefix = format!("Listening on {scheme}://");
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {scheme} address in {lines:?}"))
+        };
+        let (secret_id, secret_key) =
+            qtask::credentials::read(&qtask::credentials::path(data_dir)).expect("the first start writes credentials");
+        Self {
+            child,
+            data_dir: data_dir.to_owned(),
+            _dir: None,
+            http: address("http"),
+            https: address("https"),
+            secret_id,
+            secret_key,
+            output,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// A client for the plain HTTP listener: GET, HmacSHA256.
+    pub fn client(&self) -> Client {
+        self.client_with(HttpMethod::Get, SignatureMethod::HmacSha256)
+    }
+
+    pub fn client_with(&self, method: HttpMethod, signature_method: SignatureMethod) -> Client {
+        self.client_for(&self.secret_id, &self.secret_key, method, signature_method)
+    }
+
+    pub fn client_for(&self, secret_id: &str, secret_key: &str, method: HttpMethod, signature_method: SignatureMethod) -> Client {
+        Client::new(ClientConfig {
+            endpoint: format!("http://{}", self.http),
+            secret_id: secret_id.to_owned(),
+            secret_key: secret_key.to_owned(),
+            region: "ap-guangzhou".into(),
+            method,
+            signature_method,
+            ca_file: None,
+        })
+        .expect("a client")
+    }
+
+    /// A client for the HTTPS listener that trusts only the generated CA.
+    pub fn https_client(&self) -> Client {
+        Client::new(ClientConfig {
+            endpoint: format!("https://{}", self.https),
+            secret_id: self.secret_id.clone(),
+            secret_key: self.secret_key.clone(),
+            region: "ap-guangzhou".into(),
+            method: HttpMethod::Post,
+            signature_method: SignatureMethod::HmacSha1,
+            ca_file: Some(self.ca_file()),
+        })
+        .expect("a client")
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.crt")
+    }
+
+    /// One signed call with the default client.
+    pub async fn call(&self, action: &str, params: &[(&str, &str)]) -> Value {
+        self.client()
+            .call(action, params.iter().map(|(n, v)| (n.to_string(), v.to_string())))
+            .await
+            .expect("the server answers")
+    }
+
+    /// Polls DescribeTaskResult until the task or chain is final; returns its `data`.
+    pub async fn wait_final(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let answer = self.call("DescribeTaskResult", &[("requestId", request_id)]).await;
+            assert_eq!(answer["code"], 0, "DescribeTaskResult {request_id}: {answer}");
+            if answer["data"]["status"] != 2 {
+                return answer["data"].clone();
+            }
+            assert!(Instant::now() < deadline, "task {request_id} is not final after {DEADLINE:?}: {answer}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Creates `count` running instances named `name` and waits until they run.
+    pub async fn create_instances(&self, count: usize, name: &str) -> Vec<String> {
+        let count_text = count.to_string();
+        let answer = self.call("RunInstances", &[("goodsNum", &count_text), ("instanceName", name)]).await;
+        assert_eq!(answer["code"], 0, "RunInstances: {answer}");
+        let data = self.wait_final(answer["requestId"].as_str().unwrap()).await;
+        assert_eq!(data["state"], "SUCCESS", "RunInstances: {data}");
+        answer["instanceIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The instance as DescribeInstances shows it.
+    pub async fn instance(&self, id: &str) -> Value {
+        let answer = self.call("DescribeInstances", &[("instanceIds.0", id)]).await;
+        assert_eq!(answer["code"], 0, "DescribeInstances: {answer}");
+        assert_eq!(answer["totalCount"], 1, "DescribeInstances {id}: {answer}");
+        answer["instanceSet"][0].clone()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("the process is reaped");
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "qtask did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data directory (after kill or terminate),
+    /// with the same arguments unless `args` is given.
+    pub fn restart(&mut self, args: Option<&[&str]>) {
+        let args: Vec<String> = match args {
+            Some(args) => args.iter().map(|s| s.to_string()).collect(),
+            None => self.extra_args.clone(),
+        };
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let dir = self._dir.take();
+        let fresh = Self::start(&self.data_dir, &arg_refs);
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+        self._dir = dir;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

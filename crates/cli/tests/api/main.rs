@@ -1,0 +1,8 @@
+//! Integration tests: each starts the real `qtask` binary on ephemeral ports with its
+//! own data directory and talks HTTP(S) to it, as a client would.
+
+mod durability;
+mod helpers;
+mod protocol;
+mod sdk;
+mod tasks;
