@@ -46,28 +46,28 @@ pub async fn verify(
             .filter(|v| !v.is_empty())
             .ok_or_else(|| ApiError::invalid_parameter(format!("parameter {name} is required")))
     };
-    let secret_id: SecretId = required("SecretId")?
+    // Presence of every required parameter first, then their forms, then the method.
+    let secret_id = required("SecretId")?;
+    let claimed_signature = required(SIGNATURE_PARAM)?;
+    let nonce = required("Nonce")?;
+    let timestamp = required("Timestamp")?;
+    let action = required("Action")?;
+    let region_text = required("Region")?;
+    let secret_id: SecretId = secret_id
         .parse()
         .map_err(|e| ApiError::invalid_parameter(format!("parameter SecretId {e}")))?;
-    let claimed_signature = required(SIGNATURE_PARAM)?;
+    let nonce: Nonce = nonce
+        .parse()
+        .map_err(|e| ApiError::invalid_parameter(format!("parameter Nonce {e}")))?;
+    let timestamp: i64 = timestamp.parse().ok().filter(|t| *t >= 0).ok_or_else(|| {
+        ApiError::invalid_parameter("parameter Timestamp must be a Unix time in seconds")
+    })?;
     let method: SignatureMethod = match params.get("SignatureMethod") {
         None => SignatureMethod::default(),
         Some(text) => text
             .parse()
             .map_err(|e| ApiError::invalid_parameter(format!("parameter {e}")))?,
     };
-    let nonce: Nonce = required("Nonce")?
-        .parse()
-        .map_err(|e| ApiError::invalid_parameter(format!("parameter Nonce {e}")))?;
-    let timestamp: i64 = required("Timestamp")?
-        .parse()
-        .ok()
-        .filter(|t| *t >= 0)
-        .ok_or_else(|| {
-            ApiError::invalid_parameter("parameter Timestamp must be a Unix time in seconds")
-        })?;
-    let action = required("Action")?;
-    let region_text = required("Region")?;
 
     let key = state
         .store

@@ -21,6 +21,12 @@ use rcgen::{
     Ia5String, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::CertificateDer;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::oid_registry::{
+    OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
+};
+use x509_parser::prelude::FromDer;
 
 /// Common name of the CA that qtask generates.
 const CA_COMMON_NAME: &str = "qtask local CA";
@@ -404,16 +410,18 @@ fn load_or_create_ca(files: &Files, now: i64) -> Result<Ca, TlsError> {
 fn create_ca_cert(files: &Files, key: KeyPair, now: i64) -> Result<Ca, TlsError> {
     let issuer = ca_params(now).self_signed(&key)?;
     write_atomic(&files.ca_cert, issuer.pem().as_bytes(), CERT_MODE)?;
-    let info = der::parse_cert(issuer.der()).map_err(|reason| TlsError::BadCertificate {
+    let info = parse_cert(issuer.der()).map_err(|reason| TlsError::BadCertificate {
         path: files.ca_cert.clone(),
-        reason: reason.to_owned(),
+        reason,
     })?;
+    let subject = info.subject().as_raw().to_vec();
+    let not_after = info.validity().not_after.timestamp();
     Ok(Ca {
         key_id: issuer.key_identifier(),
         key,
         issuer,
-        subject: info.subject,
-        not_after: info.not_after,
+        subject,
+        not_after,
         created: true,
     })
 }
@@ -425,8 +433,8 @@ fn load_ca(files: &Files, now: i64) -> Result<Ca, TlsError> {
     };
     let key = read_key_pair(&files.ca_key)?;
     let der = read_certs(&files.ca_cert)?.swap_remove(0);
-    let info = der::parse_cert(&der).map_err(|r| bad(r.to_owned()))?;
-    if info.spki != key.public_key_der() {
+    let info = parse_cert(&der).map_err(bad)?;
+    if info.public_key().raw != key.public_key_der() {
         return Err(TlsError::CaKeyMismatch {
             cert: files.ca_cert.clone(),
             key: files.ca_key.clone(),
@@ -435,12 +443,12 @@ fn load_ca(files: &Files, now: i64) -> Result<Ca, TlsError> {
     // Rebuild the CA's parameters to sign with; the authority key identifier
     // of what it signs must be the subject key identifier on disk.
     let mut params = ca_params(now);
-    if let Some(ski) = info.subject_key_id() {
+    if let Some(ski) = subject_key_id(&info) {
         params.key_identifier_method = KeyIdMethod::PreSpecified(ski);
     }
     let issuer = params.self_signed(&key)?;
-    let rebuilt = der::parse_cert(issuer.der()).map_err(|r| bad(r.to_owned()))?;
-    if rebuilt.subject != info.subject {
+    let rebuilt = parse_cert(issuer.der()).map_err(bad)?;
+    if rebuilt.subject().as_raw() != info.subject().as_raw() {
         return Err(bad(format!(
             "its subject is not CN={CA_COMMON_NAME}, so qtask cannot sign with it; \
              remove {} and {} to have a new CA generated",
@@ -448,7 +456,8 @@ fn load_ca(files: &Files, now: i64) -> Result<Ca, TlsError> {
             files.ca_key.display()
         )));
     }
-    if info.not_after - now < RENEW_BEFORE {
+    let not_after = info.validity().not_after.timestamp();
+    if not_after - now < RENEW_BEFORE {
         tracing::warn!(
             cert = %files.ca_cert.display(),
             "the private TLS CA expires within 30 days (or has expired); remove ca.crt and ca.key \
@@ -459,8 +468,8 @@ fn load_ca(files: &Files, now: i64) -> Result<Ca, TlsError> {
         key_id: issuer.key_identifier(),
         key,
         issuer,
-        subject: info.subject,
-        not_after: info.not_after,
+        subject: info.subject().as_raw().to_vec(),
+        not_after,
         created: false,
     })
 }
@@ -484,18 +493,20 @@ fn server_reissue_reason(files: &Files, names: &[ServerName], ca: &Ca, now: i64)
         Ok(mut certs) => certs.swap_remove(0),
         Err(e) => return Some(e.to_string()),
     };
-    let info = match der::parse_cert(&der) {
+    let info = match parse_cert(&der) {
         Ok(info) => info,
         Err(e) => return Some(format!("the certificate cannot be parsed: {e}")),
     };
-    if info.not_after - now < RENEW_BEFORE {
+    if info.validity().not_after.timestamp() - now < RENEW_BEFORE {
         return Some("it expires within 30 days".to_owned());
     }
-    if info.issuer != ca.subject || info.authority_key_id().as_ref() != Some(&ca.key_id) {
+    if info.issuer().as_raw() != ca.subject.as_slice()
+        || authority_key_id(&info).as_ref() != Some(&ca.key_id)
+    {
         return Some("it was not issued by the current CA".to_owned());
     }
     match read_key_pair(&files.server_key) {
-        Ok(key) if key.public_key_der() == info.spki => None,
+        Ok(key) if key.public_key_der() == info.public_key().raw => None,
         Ok(_) => Some("the server key does not match the certificate".to_owned()),
         Err(e) => Some(e.to_string()),
     }
@@ -557,6 +568,37 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         });
     }
     Ok(certs)
+}
+
+/// Parses one DER certificate (whatever follows it is ignored).
+fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+    X509Certificate::from_der(der)
+        .map(|(_rest, cert)| cert)
+        .map_err(|e| e.to_string())
+}
+
+/// The key identifier in the certificate's subjectKeyIdentifier extension.
+fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+    let ext = cert
+        .iter_extensions()
+        .find(|e| e.oid == OID_X509_EXT_SUBJECT_KEY_IDENTIFIER)?;
+    match ext.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+        _ => None,
+    }
+}
+
+/// The keyIdentifier in the certificate's authorityKeyIdentifier extension.
+fn authority_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+    let ext = cert
+        .iter_extensions()
+        .find(|e| e.oid == OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)?;
+    match ext.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(aki) => {
+            aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+        }
+        _ => None,
+    }
 }
 
 /// Reads a key pair that qtask wrote (PKCS#8 PEM).
@@ -662,241 +704,15 @@ fn restrict_permissions(path: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
-/// Just enough DER to read back the fields of an X.509 certificate that
-/// decide whether a generated certificate is still good.
-mod der {
-    pub(super) const OID_SUBJECT_KEY_ID: &[u8] = &[0x55, 0x1d, 0x0e];
-    pub(super) const OID_AUTHORITY_KEY_ID: &[u8] = &[0x55, 0x1d, 0x23];
-
-    const SEQUENCE: u8 = 0x30;
-    const INTEGER: u8 = 0x02;
-    const BOOLEAN: u8 = 0x01;
-    const OCTET_STRING: u8 = 0x04;
-    const OID: u8 = 0x06;
-    const UTC_TIME: u8 = 0x17;
-    const GENERALIZED_TIME: u8 = 0x18;
-    const VERSION: u8 = 0xa0;
-    const EXTENSIONS: u8 = 0xa3;
-    const KEY_ID: u8 = 0x80;
-
-    /// One type-length-value element.
-    #[derive(Clone, Copy)]
-    pub(super) struct Tlv<'a> {
-        pub tag: u8,
-        pub content: &'a [u8],
-        /// The whole encoding, header included.
-        pub raw: &'a [u8],
-    }
-
-    pub(super) struct Reader<'a>(&'a [u8]);
-
-    impl<'a> Reader<'a> {
-        pub(super) fn new(data: &'a [u8]) -> Self {
-            Reader(data)
-        }
-
-        pub(super) fn is_empty(&self) -> bool {
-            self.0.is_empty()
-        }
-
-        pub(super) fn peek_tag(&self) -> Option<u8> {
-            self.0.first().copied()
-        }
-
-        pub(super) fn read(&mut self) -> Result<Tlv<'a>, &'static str> {
-            let data = self.0;
-            let (&tag, rest) = data.split_first().ok_or("truncated DER")?;
-            if tag & 0x1f == 0x1f {
-                return Err("unsupported DER tag");
-            }
-            let (&first, rest) = rest.split_first().ok_or("truncated DER")?;
-            let (len, header) = match first {
-                0..=0x7f => (usize::from(first), 2),
-                0x81..=0x84 => {
-                    let n = usize::from(first & 0x7f);
-                    let bytes = rest.get(..n).ok_or("truncated DER")?;
-                    let len = bytes
-                        .iter()
-                        .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-                    (len, 2 + n)
-                }
-                _ => return Err("unsupported DER length"),
-            };
-            let end = header
-                .checked_add(len)
-                .filter(|&end| end <= data.len())
-                .ok_or("truncated DER")?;
-            self.0 = &data[end..];
-            Ok(Tlv {
-                tag,
-                content: &data[header..end],
-                raw: &data[..end],
-            })
-        }
-
-        pub(super) fn expect(&mut self, tag: u8) -> Result<Tlv<'a>, &'static str> {
-            let tlv = self.read()?;
-            if tlv.tag == tag {
-                Ok(tlv)
-            } else {
-                Err("unexpected DER element")
-            }
-        }
-    }
-
-    pub(super) struct Extension {
-        pub oid: Vec<u8>,
-        #[cfg_attr(not(test), allow(dead_code, reason = "only the tests look at it"))]
-        pub critical: bool,
-        /// The content of the extnValue OCTET STRING.
-        pub value: Vec<u8>,
-    }
-
-    pub(super) struct CertInfo {
-        /// DER of the issuer name.
-        pub issuer: Vec<u8>,
-        /// DER of the subject name.
-        pub subject: Vec<u8>,
-        /// DER of the SubjectPublicKeyInfo.
-        pub spki: Vec<u8>,
-        /// Unix time.
-        pub not_after: i64,
-        pub extensions: Vec<Extension>,
-    }
-
-    impl CertInfo {
-        pub(super) fn extension(&self, oid: &[u8]) -> Option<&Extension> {
-            self.extensions.iter().find(|e| e.oid == oid)
-        }
-
-        pub(super) fn subject_key_id(&self) -> Option<Vec<u8>> {
-            let ext = self.extension(OID_SUBJECT_KEY_ID)?;
-            let id = Reader::new(&ext.value).expect(OCTET_STRING).ok()?;
-            Some(id.content.to_vec())
-        }
-
-        pub(super) fn authority_key_id(&self) -> Option<Vec<u8>> {
-            let ext = self.extension(OID_AUTHORITY_KEY_ID)?;
-            let seq = Reader::new(&ext.value).expect(SEQUENCE).ok()?;
-            let id = Reader::new(seq.content).read().ok()?;
-            (id.tag == KEY_ID).then(|| id.content.to_vec())
-        }
-    }
-
-    pub(super) fn parse_cert(der: &[u8]) -> Result<CertInfo, &'static str> {
-        let cert = Reader::new(der).expect(SEQUENCE)?;
-        let tbs = Reader::new(cert.content).expect(SEQUENCE)?;
-        let mut tbs = Reader::new(tbs.content);
-        if tbs.peek_tag() == Some(VERSION) {
-            tbs.read()?;
-        }
-        tbs.expect(INTEGER)?; // serial number
-        tbs.expect(SEQUENCE)?; // signature algorithm
-        let issuer = tbs.expect(SEQUENCE)?;
-        let validity = tbs.expect(SEQUENCE)?;
-        let subject = tbs.expect(SEQUENCE)?;
-        let spki = tbs.expect(SEQUENCE)?;
-        let mut validity = Reader::new(validity.content);
-        validity.read()?; // not before
-        let not_after = parse_time(validity.read()?)?;
-        let mut extensions = Vec::new();
-        while !tbs.is_empty() {
-            let field = tbs.read()?;
-            if field.tag != EXTENSIONS {
-                continue; // issuer or subject unique id
-            }
-            let list = Reader::new(field.content).expect(SEQUENCE)?;
-            let mut list = Reader::new(list.content);
-            while !list.is_empty() {
-                let ext = list.expect(SEQUENCE)?;
-                let mut ext = Reader::new(ext.content);
-                let oid = ext.expect(OID)?;
-                let mut critical = false;
-                if ext.peek_tag() == Some(BOOLEAN) {
-                    critical = ext.read()?.content == [0xff];
-                }
-                let value = ext.expect(OCTET_STRING)?;
-                extensions.push(Extension {
-                    oid: oid.content.to_vec(),
-                    critical,
-                    value: value.content.to_vec(),
-                });
-            }
-        }
-        Ok(CertInfo {
-            issuer: issuer.raw.to_vec(),
-            subject: subject.raw.to_vec(),
-            spki: spki.raw.to_vec(),
-            not_after,
-            extensions,
-        })
-    }
-
-    /// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ`, as Unix time.
-    fn parse_time(tlv: Tlv<'_>) -> Result<i64, &'static str> {
-        const BAD: &str = "unsupported certificate time";
-        let text = tlv.content;
-        let (year, rest) = match (tlv.tag, text.len()) {
-            (UTC_TIME, 13) => {
-                let yy = digits(&text[..2]).ok_or(BAD)?;
-                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
-            }
-            (GENERALIZED_TIME, 15) => (digits(&text[..4]).ok_or(BAD)?, &text[4..]),
-            _ => return Err(BAD),
-        };
-        if rest[10] != b'Z' {
-            return Err(BAD);
-        }
-        let field = |i: usize| digits(&rest[i..i + 2]).ok_or(BAD);
-        let (month, day) = (field(0)?, field(2)?);
-        let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-            return Err(BAD);
-        }
-        Ok(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
-    }
-
-    fn digits(text: &[u8]) -> Option<i64> {
-        text.iter().try_fold(0i64, |acc, &b| {
-            b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
-        })
-    }
-
-    /// Days since 1970-01-01 of a proleptic Gregorian date.
-    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-        let year = if month <= 2 { year - 1 } else { year };
-        let era = year.div_euclid(400);
-        let year_of_era = year - era * 400;
-        let month_from_march = (month + 9) % 12;
-        let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-        era * 146_097 + day_of_era - 719_468
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn civil_dates() {
-            assert_eq!(super::days_from_civil(1970, 1, 1), 0);
-            assert_eq!(super::days_from_civil(2000, 3, 1), 11_017);
-            assert_eq!(super::days_from_civil(2038, 1, 19), 24_855);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::der::{parse_cert, CertInfo, Reader};
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use x509_parser::der_parser::ber::BerObjectContent;
+    use x509_parser::der_parser::der::parse_der_sequence;
+    use x509_parser::extensions::GeneralName;
 
-    const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
-    const OID_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
-    const OID_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
-    const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
-    /// id-kp-serverAuth, 1.3.6.1.5.5.7.3.1, as an encoded OID element.
-    const SERVER_AUTH: &[u8] = &[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
     const BODY: &str = "hello from qtask tls test";
 
     fn names(list: &[&str]) -> Vec<String> {
@@ -907,9 +723,38 @@ mod tests {
         fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     }
 
-    fn cert_info(path: &Path) -> CertInfo {
-        let der = read_certs(path).unwrap().swap_remove(0);
-        parse_cert(&der).unwrap()
+    /// The DER of the first certificate in a PEM file; [`parse`] reads it.
+    fn cert_der(path: &Path) -> CertificateDer<'static> {
+        read_certs(path).unwrap().swap_remove(0)
+    }
+
+    fn parse(der: &[u8]) -> X509Certificate<'_> {
+        parse_cert(der).unwrap()
+    }
+
+    fn not_after(cert: &X509Certificate<'_>) -> i64 {
+        cert.validity().not_after.timestamp()
+    }
+
+    /// The subjectAltName entries, in order, as "IP addr" or "DNS name".
+    fn san_names(cert: &X509Certificate<'_>) -> Vec<String> {
+        let san = cert.subject_alternative_name().unwrap().expect("SANs");
+        san.value
+            .general_names
+            .iter()
+            .map(|name| match name {
+                GeneralName::DNSName(dns) => format!("DNS {dns}"),
+                GeneralName::IPAddress(ip) => {
+                    let ip = match ip.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(*ip).unwrap()),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(*ip).unwrap()),
+                        n => panic!("IP address SAN of {n} bytes"),
+                    };
+                    format!("IP {ip}")
+                }
+                other => panic!("unexpected SAN {other:?}"),
+            })
+            .collect()
     }
 
     fn all_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -927,10 +772,6 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
-    }
-
-    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-        haystack.windows(needle.len()).any(|w| w == needle)
     }
 
     #[test]
@@ -962,45 +803,59 @@ mod tests {
             ]
         );
 
-        let ca = cert_info(&dir.join("ca.crt"));
-        assert_eq!(ca.issuer, ca.subject, "the CA is self-signed");
-        assert!(contains(&ca.subject, CA_COMMON_NAME.as_bytes()));
+        let ca_der = cert_der(&dir.join("ca.crt"));
+        let ca = parse(&ca_der);
+        assert_eq!(
+            ca.issuer().as_raw(),
+            ca.subject().as_raw(),
+            "the CA is self-signed"
+        );
+        let ca_cn = ca.subject().iter_common_name().next().expect("CA CN");
+        assert_eq!(ca_cn.as_str().unwrap(), CA_COMMON_NAME);
         let bc = ca
-            .extension(OID_BASIC_CONSTRAINTS)
+            .basic_constraints()
+            .unwrap()
             .expect("CA basicConstraints");
         assert!(bc.critical, "CA basicConstraints must be critical");
-        assert!(
-            bc.value.starts_with(&[0x30, 0x06, 0x01, 0x01, 0xff]),
-            "CA:TRUE"
-        );
-        let ku = ca.extension(OID_KEY_USAGE).expect("CA keyUsage");
+        assert!(bc.value.ca, "CA:TRUE");
+        assert_eq!(bc.value.path_len_constraint, Some(0));
+        let ku = ca.key_usage().unwrap().expect("CA keyUsage");
         assert!(ku.critical);
-        // BIT STRING: keyCertSign (bit 5) and cRLSign (bit 6) set.
-        let bits = Reader::new(&ku.value).expect(0x03).unwrap().content;
-        assert_eq!(bits[1] & 0x06, 0x06, "keyCertSign and cRLSign: {bits:02x?}");
-        let ca_ski = ca.subject_key_id().expect("CA subject key identifier");
+        assert!(
+            ku.value.key_cert_sign() && ku.value.crl_sign(),
+            "keyCertSign and cRLSign: {}",
+            ku.value
+        );
+        let ca_ski = subject_key_id(&ca).expect("CA subject key identifier");
         let year = 365 * DAY;
-        let ca_left = ca.not_after - unix_now();
+        let ca_left = not_after(&ca) - unix_now();
         assert!(ca_left > 9 * year && ca_left <= 10 * year, "{ca_left}");
 
-        let leaf = cert_info(&dir.join("server.crt"));
-        assert_eq!(leaf.issuer, ca.subject);
-        assert_eq!(leaf.authority_key_id(), Some(ca_ski));
+        let leaf_der = cert_der(&dir.join("server.crt"));
+        let leaf = parse(&leaf_der);
+        assert_eq!(leaf.issuer().as_raw(), ca.subject().as_raw());
+        assert_eq!(authority_key_id(&leaf), Some(ca_ski));
         let bc = leaf
-            .extension(OID_BASIC_CONSTRAINTS)
+            .basic_constraints()
+            .unwrap()
             .expect("leaf basicConstraints");
-        assert!(!contains(&bc.value, &[0x01, 0x01, 0xff]), "leaf is no CA");
-        let eku = leaf.extension(OID_EXT_KEY_USAGE).expect("extendedKeyUsage");
-        assert!(contains(&eku.value, SERVER_AUTH));
-        let san = &leaf.extension(OID_SUBJECT_ALT_NAME).expect("SANs").value;
-        assert!(contains(san, &[0x87, 0x04, 127, 0, 0, 1]), "IP 127.0.0.1");
-        let mut v6 = vec![0x87, 0x10];
-        v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
-        assert!(contains(san, &v6), "IP ::1");
-        assert!(contains(san, &[0x87, 0x04, 192, 0, 2, 7]), "IP 192.0.2.7");
-        assert!(contains(san, b"\x82\x09localhost"), "DNS localhost");
-        assert!(contains(san, b"\x82\x0dqtask.example"), "DNS qtask.example");
-        let leaf_left = leaf.not_after - unix_now();
+        assert!(!bc.value.ca, "leaf is no CA");
+        let eku = leaf
+            .extended_key_usage()
+            .unwrap()
+            .expect("extendedKeyUsage");
+        assert!(eku.value.server_auth);
+        assert_eq!(
+            san_names(&leaf),
+            [
+                "IP 127.0.0.1",
+                "IP ::1",
+                "DNS localhost",
+                "DNS qtask.example",
+                "IP 192.0.2.7"
+            ]
+        );
+        let leaf_left = not_after(&leaf) - unix_now();
         assert!(leaf_left > year - DAY && leaf_left <= year, "{leaf_left}");
 
         server_config(&paths.cert, &paths.key).unwrap();
@@ -1036,12 +891,23 @@ mod tests {
             fs::read_to_string(dir.join("server.names")).unwrap(),
             "127.0.0.1\n::1\nlocalhost\nb.example\n10.1.2.3\n"
         );
-        let ca = cert_info(&dir.join("ca.crt"));
-        let leaf = cert_info(&dir.join("server.crt"));
-        assert_eq!(leaf.issuer, ca.subject);
-        assert_eq!(leaf.authority_key_id(), ca.subject_key_id());
-        let san = &leaf.extension(OID_SUBJECT_ALT_NAME).unwrap().value;
-        assert!(contains(san, b"b.example") && !contains(san, b"a.example"));
+        let ca_der = cert_der(&dir.join("ca.crt"));
+        let ca = parse(&ca_der);
+        let leaf_der = cert_der(&dir.join("server.crt"));
+        let leaf = parse(&leaf_der);
+        assert_eq!(leaf.issuer().as_raw(), ca.subject().as_raw());
+        assert_eq!(authority_key_id(&leaf), subject_key_id(&ca));
+        assert!(subject_key_id(&ca).is_some());
+        assert_eq!(
+            san_names(&leaf),
+            [
+                "IP 127.0.0.1",
+                "IP ::1",
+                "DNS localhost",
+                "DNS b.example",
+                "IP 10.1.2.3"
+            ]
+        );
         server_config(&dir.join("server.crt"), &dir.join("server.key")).unwrap();
     }
 
@@ -1059,8 +925,8 @@ mod tests {
         ensure_generated_at(dir, &[], now + 340 * DAY).unwrap();
         assert_eq!(read(&dir.join("ca.crt")), before[0].1);
         assert_ne!(read(&dir.join("server.crt")), before[2].1);
-        let leaf = cert_info(&dir.join("server.crt"));
-        assert!(leaf.not_after >= now + 340 * DAY + 364 * DAY);
+        let leaf_der = cert_der(&dir.join("server.crt"));
+        assert!(not_after(&parse(&leaf_der)) >= now + 340 * DAY + 364 * DAY);
     }
 
     #[test]
@@ -1085,8 +951,12 @@ mod tests {
             read(&dir.join("server.crt")),
             read(&other.path().join("server.crt"))
         );
-        let leaf = cert_info(&dir.join("server.crt"));
-        assert_eq!(leaf.issuer, cert_info(&dir.join("ca.crt")).subject);
+        let leaf_der = cert_der(&dir.join("server.crt"));
+        let ca_der = cert_der(&dir.join("ca.crt"));
+        assert_eq!(
+            parse(&leaf_der).issuer().as_raw(),
+            parse(&ca_der).subject().as_raw()
+        );
         assert_eq!(read(&dir.join("ca.crt")), ca_cert);
     }
 
@@ -1116,13 +986,13 @@ mod tests {
         fs::write(dir.join("ca.key"), &ca_key).unwrap();
         fs::remove_file(dir.join("ca.crt")).unwrap();
         ensure_generated(dir, &[]).unwrap();
-        let ca = cert_info(&dir.join("ca.crt"));
+        let ca_der = cert_der(&dir.join("ca.crt"));
+        let ca = parse(&ca_der);
         let key = read_key_pair(&dir.join("ca.key")).unwrap();
-        assert_eq!(ca.spki, key.public_key_der());
-        assert_eq!(
-            cert_info(&dir.join("server.crt")).authority_key_id(),
-            ca.subject_key_id()
-        );
+        assert_eq!(ca.public_key().raw, key.public_key_der());
+        let leaf_der = cert_der(&dir.join("server.crt"));
+        assert!(subject_key_id(&ca).is_some());
+        assert_eq!(authority_key_id(&parse(&leaf_der)), subject_key_id(&ca));
     }
 
     #[test]
@@ -1167,28 +1037,6 @@ mod tests {
         assert_eq!(mode(&paths.key), 0o600);
     }
 
-    /// Minimal base64 for the SEC1 PEM below.
-    fn base64(data: &[u8]) -> String {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn server_config_loads_keys_and_offers_h2_and_http1() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1201,14 +1049,20 @@ mod tests {
 
         // The same key as SEC1 ("EC PRIVATE KEY"): PKCS#8 wraps it in an OCTET STRING.
         let pkcs8 = read_key_pair(&paths.key).unwrap().serialize_der();
-        let info = Reader::new(&pkcs8).expect(0x30).unwrap();
-        let mut fields = Reader::new(info.content);
-        fields.expect(0x02).unwrap();
-        fields.expect(0x30).unwrap();
-        let sec1 = fields.expect(0x04).unwrap().content;
+        // PrivateKeyInfo ::= SEQUENCE { version, algorithm, privateKey OCTET STRING, .. }
+        let (_, info) = parse_der_sequence(&pkcs8).unwrap();
+        let fields = info.as_sequence().unwrap();
+        assert!(matches!(fields[0].content, BerObjectContent::Integer(_)));
+        assert!(matches!(fields[1].content, BerObjectContent::Sequence(_)));
+        let BerObjectContent::OctetString(sec1) = fields[2].content else {
+            panic!("PKCS#8 privateKey is no OCTET STRING: {:?}", fields[2]);
+        };
         let pem = format!(
             "-----BEGIN EC PRIVATE KEY-----\n{}\n-----END EC PRIVATE KEY-----\n",
-            base64(sec1)
+            {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(sec1)
+            }
         );
         let sec1_path = tmp.path().join("sec1.pem");
         fs::write(&sec1_path, pem).unwrap();

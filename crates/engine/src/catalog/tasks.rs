@@ -108,7 +108,8 @@ async fn describe_tasks(ctx: QueryContext<'_>) -> Result<Answer, EngineError> {
         action: args.bounded_text("action", 128)?.map(str::to_owned),
         resource,
         created_from: instant("startTime")?,
-        created_to: instant("endTime")?,
+        // Times have whole seconds: an end time includes its whole second.
+        created_to: instant("endTime")?.map(|t| t + 999),
     };
     let listing = ctx
         .store
