@@ -73,7 +73,10 @@ impl TestApp {
         }
         if ready_rx.recv_timeout(DEADLINE).is_err() {
             let _ = child.kill();
-            panic!("qtask did not become ready; it printed: {:?}", output.lock().unwrap());
+            panic!(
+                "qtask did not become ready; it printed: {:?}",
+                output.lock().unwrap()
+            );
         }
         let lines = output.lock().unwrap().clone();
         let address = |scheme: &str| -> SocketAddr {
@@ -85,8 +88,8 @@ impl TestApp {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("no {scheme} address in {lines:?}"))
         };
-        let (secret_id, secret_key) =
-            qtask::credentials::read(&qtask::credentials::path(data_dir)).expect("the first start writes credentials");
+        let (secret_id, secret_key) = qtask::credentials::read(&qtask::credentials::path(data_dir))
+            .expect("the first start writes credentials");
         Self {
             child,
             data_dir: data_dir.to_owned(),
@@ -109,7 +112,13 @@ impl TestApp {
         self.client_for(&self.secret_id, &self.secret_key, method, signature_method)
     }
 
-    pub fn client_for(&self, secret_id: &str, secret_key: &str, method: HttpMethod, signature_method: SignatureMethod) -> Client {
+    pub fn client_for(
+        &self,
+        secret_id: &str,
+        secret_key: &str,
+        method: HttpMethod,
+        signature_method: SignatureMethod,
+    ) -> Client {
         Client::new(ClientConfig {
             endpoint: format!("http://{}", self.http),
             secret_id: secret_id.to_owned(),
@@ -143,7 +152,10 @@ impl TestApp {
     /// One signed call with the default client.
     pub async fn call(&self, action: &str, params: &[(&str, &str)]) -> Value {
         self.client()
-            .call(action, params.iter().map(|(n, v)| (n.to_string(), v.to_string())))
+            .call(
+                action,
+                params.iter().map(|(n, v)| (n.to_string(), v.to_string())),
+            )
             .await
             .expect("the server answers")
     }
@@ -152,12 +164,20 @@ impl TestApp {
     pub async fn wait_final(&self, request_id: &str) -> Value {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let answer = self.call("DescribeTaskResult", &[("requestId", request_id)]).await;
-            assert_eq!(answer["code"], 0, "DescribeTaskResult {request_id}: {answer}");
+            let answer = self
+                .call("DescribeTaskResult", &[("requestId", request_id)])
+                .await;
+            assert_eq!(
+                answer["code"], 0,
+                "DescribeTaskResult {request_id}: {answer}"
+            );
             if answer["data"]["status"] != 2 {
                 return answer["data"].clone();
             }
-            assert!(Instant::now() < deadline, "task {request_id} is not final after {DEADLINE:?}: {answer}");
+            assert!(
+                Instant::now() < deadline,
+                "task {request_id} is not final after {DEADLINE:?}: {answer}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -165,7 +185,12 @@ impl TestApp {
     /// Creates `count` running instances named `name` and waits until they run.
     pub async fn create_instances(&self, count: usize, name: &str) -> Vec<String> {
         let count_text = count.to_string();
-        let answer = self.call("RunInstances", &[("goodsNum", &count_text), ("instanceName", name)]).await;
+        let answer = self
+            .call(
+                "RunInstances",
+                &[("goodsNum", &count_text), ("instanceName", name)],
+            )
+            .await;
         assert_eq!(answer["code"], 0, "RunInstances: {answer}");
         let data = self.wait_final(answer["requestId"].as_str().unwrap()).await;
         assert_eq!(data["state"], "SUCCESS", "RunInstances: {data}");
@@ -179,7 +204,9 @@ impl TestApp {
 
     /// The instance as DescribeInstances shows it.
     pub async fn instance(&self, id: &str) -> Value {
-        let answer = self.call("DescribeInstances", &[("instanceIds.0", id)]).await;
+        let answer = self
+            .call("DescribeInstances", &[("instanceIds.0", id)])
+            .await;
         assert_eq!(answer["code"], 0, "DescribeInstances: {answer}");
         assert_eq!(answer["totalCount"], 1, "DescribeInstances {id}: {answer}");
         answer["instanceSet"][0].clone()
@@ -194,13 +221,19 @@ impl TestApp {
     /// SIGTERM, then waits for a clean exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "qtask did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "qtask did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
