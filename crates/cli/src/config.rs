@@ -9,11 +9,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Flags (and their environment variables) of `qtask serve`.
-#[derive(Debug, Default, clap::Args)]
+/// The options of `qtask serve`: one struct is both the flags (with their environment
+/// variables) and the configuration file's keys, so the two cannot drift apart.
+#[derive(Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
     /// A TOML file with any of the options below (keys are the flag names with `_`).
     #[arg(long, env = "QTASK_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Where the database, TLS files and credentials live [default: ./qtask-data].
     #[arg(long, env = "QTASK_DATA_DIR", value_name = "DIR")]
@@ -48,6 +51,7 @@ pub struct ServeArgs {
         value_name = "NAME",
         value_delimiter = ','
     )]
+    #[serde(default)]
     pub tls_names: Vec<String>,
     /// Multiplies simulated task durations; 0 finishes tasks at once [default: 1].
     #[arg(long, env = "QTASK_SIM_SPEED", value_name = "FACTOR")]
@@ -67,31 +71,17 @@ pub struct ServeArgs {
         value_name = "HOST",
         value_delimiter = ','
     )]
+    #[serde(default)]
     pub public_names: Vec<String>,
     /// Seconds running tasks get to finish at shutdown before they are left to the next
     /// start [default: 10].
     #[arg(long, env = "QTASK_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
-}
-
-/// The same options in the configuration file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
-    tls_listen: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_names: Option<Vec<String>>,
-    sim_speed: Option<f64>,
-    workers: Option<usize>,
-    timestamp_window: Option<u64>,
-    public_names: Option<Vec<String>>,
-    shutdown_grace: Option<u64>,
     /// Per-action failure probability of the simulator (file only):
     /// `[sim_failure_rates]` then `StopInstances = 0.1`.
-    sim_failure_rates: Option<HashMap<String, f64>>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub sim_failure_rates: HashMap<String, f64>,
 }
 
 /// The resolved configuration.
@@ -114,7 +104,7 @@ impl ServeConfig {
     pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
         let listen = args
             .listen
@@ -136,7 +126,7 @@ impl ServeConfig {
         if !sim_speed.is_finite() || sim_speed < 0.0 {
             bail!("sim_speed must be a number ≥ 0, not {sim_speed}");
         }
-        let sim_failure_rates = file.sim_failure_rates.unwrap_or_default();
+        let sim_failure_rates = file.sim_failure_rates;
         for (action, rate) in &sim_failure_rates {
             if !(0.0..=1.0).contains(rate) {
                 bail!("sim_failure_rates.{action} must be between 0 and 1, not {rate}");
@@ -153,13 +143,8 @@ impl ServeConfig {
         if timestamp_window == 0 {
             bail!("timestamp_window must be at least 1 second");
         }
-        let or_file = |flags: Vec<String>, file: Option<Vec<String>>| {
-            if flags.is_empty() {
-                file.unwrap_or_default()
-            } else {
-                flags
-            }
-        };
+        let or_file =
+            |flags: Vec<String>, file: Vec<String>| if flags.is_empty() { file } else { flags };
         Ok(Self {
             data_dir: args
                 .data_dir
@@ -181,7 +166,7 @@ impl ServeConfig {
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
