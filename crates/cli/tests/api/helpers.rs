@@ -260,3 +260,91 @@ impl Drop for TestApp {
         let _ = self.child.wait();
     }
 }
+
+// ---- General-purpose waits and fixtures (added for the task and durability tests) ----
+
+/// Polls `probe` every 20 ms until it yields `Some`, failing the test after [`DEADLINE`].
+/// `what` says what is awaited, for the failure message.
+pub async fn wait_for<T>(
+    what: impl std::fmt::Display,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "waited {DEADLINE:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl TestApp {
+    /// Polls DescribeInstances until the instance's `statusName` is `state`; returns it.
+    pub async fn wait_instance_state(&self, id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let instance = self.instance(id).await;
+            if instance["statusName"] == state {
+                return instance;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} is not {state} after {DEADLINE:?}: {instance}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until a stdout line starting with `prefix` was printed; returns that line.
+    pub async fn wait_output(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let lines = self.output.lock().unwrap().clone();
+            if let Some(line) = lines.iter().find(|l| l.starts_with(prefix)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line starting {prefix:?} after {DEADLINE:?}: {lines:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Creates an API key for `account` (a new account unless it exists) with the CLI
+    /// `qtask keys create`; returns (SecretId, SecretKey).
+    pub fn create_key(&self, account: &str) -> (String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_qtask"))
+            .args(["keys", "create", "--account", account, "--data-dir"])
+            .arg(&self.data_dir)
+            .env("QTASK_LOG", "warn")
+            .output()
+            .expect("qtask keys create runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "qtask keys create failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let field = |label: &str| -> String {
+            stdout
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(label))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {label} line in {stdout}"))
+        };
+        (field("SecretId:"), field("SecretKey:"))
+    }
+
+    /// One signed call with an explicit client (another key, region or method).
+    pub async fn call_with(client: &Client, action: &str, params: &[(&str, &str)]) -> Value {
+        client
+            .call(
+                action,
+                params.iter().map(|(n, v)| (n.to_string(), v.to_string())),
+            )
+            .await
+            .expect("the server answers")
+    }
+}
