@@ -16,6 +16,8 @@ use qtask_core::{
 };
 use serde_json::{Map, Value};
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod records;
 pub use records::*;
 
