@@ -182,9 +182,9 @@ impl Engine {
             expires_at: call.nonce_expires_at,
             signature: call.signature.clone(),
         };
+        action.check_params(&call.params)?;
         match &action.handler {
             Handler::Query(query) => {
-                action.check_params(&call.params)?;
                 if let NonceOutcome::Resent { answer: Some(body) } =
                     self.store.record_nonce(nonce).await?
                 {
@@ -198,7 +198,6 @@ impl Engine {
                 query(ctx).await.map(Reply::Fresh)
             }
             Handler::Mutate(operation) => {
-                action.check_params(&call.params)?;
                 let mut plan = operation.plan(&call).await?;
                 let mut attempt = 0;
                 let submitted = loop {

@@ -30,7 +30,9 @@ impl WriterState {
 
 /// Called once the batch's transaction has committed (`Ok`) or failed (`Err`).
 type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection, &mut WriterState) -> Finish + Send>;
+/// Runs the job's operation (when the flag says the transaction is open) and returns
+/// how to answer its caller.
+type Job = Box<dyn FnOnce(&Connection, &mut WriterState, bool) -> Finish + Send>;
 
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -64,8 +66,14 @@ impl WriterHandle {
         F: FnOnce(&Connection, &mut WriterState) -> StoreResult<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn, state| {
-            let result = in_savepoint(conn, state, op);
+        let job: Job = Box::new(move |conn, state, run| {
+            let result = if run {
+                in_savepoint(conn, state, op)
+            } else {
+                Err(StoreError::Backend(
+                    "not run: the transaction did not start".into(),
+                ))
+            };
             Box::new(move |commit| {
                 let _ = reply.send(match commit {
                     Ok(()) => result,
@@ -113,15 +121,14 @@ fn run(conn: Connection, mut state: WriterState, inbox: mpsc::Receiver<Job>) {
             let error = backend(e);
             tracing::error!(%error, "store writer cannot begin a transaction");
             for job in batch {
-                // The job never ran; tell its caller.
-                let finish = job_failed(job);
-                finish(Err(&error));
+                // The job does not run; its caller gets the error.
+                job(&conn, &mut state, false)(Err(&error));
             }
             continue;
         }
         let finishes: Vec<Finish> = batch
             .into_iter()
-            .map(|job| job(&conn, &mut state))
+            .map(|job| job(&conn, &mut state, true))
             .collect();
         let commit = persist_next_id(&conn, &state)
             .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
@@ -137,14 +144,6 @@ fn run(conn: Connection, mut state: WriterState, inbox: mpsc::Receiver<Job>) {
         }
     }
     tracing::debug!("store writer stopped");
-}
-
-/// A job that could not run still owes its caller an answer: running it against a
-/// failed transaction would be wrong, so its reply is dropped, which the caller sees
-/// as "the store writer stopped".
-fn job_failed(job: Job) -> Finish {
-    drop(job);
-    Box::new(|_| {})
 }
 
 fn persist_next_id(conn: &Connection, state: &WriterState) -> StoreResult<()> {
