@@ -327,7 +327,7 @@ pub fn resources(
         "SELECT r.id, r.kind, r.region, r.state, r.attrs, r.created_at, r.active_task,
                 t.id, t.action, t.state, t.error_code, t.error_message
          FROM resources r LEFT JOIN tasks t ON t.id = r.last_task
-         WHERE {} ORDER BY r.created_at DESC, r.id LIMIT {} OFFSET {}",
+         WHERE {} ORDER BY r.created_at DESC, r.id DESC LIMIT {} OFFSET {}",
         c.clause(),
         page.limit,
         page.offset
