@@ -188,6 +188,19 @@ impl Conditions {
         self.args.extend(args);
     }
 
+    /// Adds `column IN (…)` over `values`; nothing when there are none (no filter).
+    fn push_in<T: ToSql + 'static>(&mut self, column: &str, values: impl IntoIterator<Item = T>) {
+        let values: Vec<Box<dyn ToSql>> = values
+            .into_iter()
+            .map(|v| Box::new(v) as Box<dyn ToSql>)
+            .collect();
+        if values.is_empty() {
+            return;
+        }
+        let condition = format!("{column} IN ({})", Self::placeholders(values.len()));
+        self.push(&condition, values);
+    }
+
     fn placeholders(n: usize) -> String {
         vec!["?"; n].join(", ")
     }
@@ -215,17 +228,7 @@ pub fn tasks(
 ) -> StoreResult<Listing<TaskRecord>> {
     let mut c = Conditions::new();
     c.push("account_id = ?", vec![Box::new(account.0)]);
-    if !filter.states.is_empty() {
-        let names: Vec<Box<dyn ToSql>> = filter
-            .states
-            .iter()
-            .map(|s| Box::new(s.as_str()) as Box<dyn ToSql>)
-            .collect();
-        c.push(
-            &format!("state IN ({})", Conditions::placeholders(names.len())),
-            names,
-        );
-    }
+    c.push_in("state", filter.states.iter().map(|s| s.as_str()));
     if let Some(action) = &filter.action {
         c.push("action = ?", vec![Box::new(action.clone())]);
     }
@@ -278,28 +281,11 @@ pub fn resources(
     c.push("r.account_id = ?", vec![Box::new(account.0)]);
     c.push("r.kind = ?", vec![Box::new(filter.kind.clone())]);
     c.push("r.region = ?", vec![Box::new(filter.region.as_str())]);
-    if !filter.ids.is_empty() {
-        let ids: Vec<Box<dyn ToSql>> = filter
-            .ids
-            .iter()
-            .map(|i| Box::new(i.as_str().to_owned()) as Box<dyn ToSql>)
-            .collect();
-        c.push(
-            &format!("r.id IN ({})", Conditions::placeholders(ids.len())),
-            ids,
-        );
-    }
-    if !filter.states.is_empty() {
-        let states: Vec<Box<dyn ToSql>> = filter
-            .states
-            .iter()
-            .map(|s| Box::new(s.as_str().to_owned()) as Box<dyn ToSql>)
-            .collect();
-        c.push(
-            &format!("r.state IN ({})", Conditions::placeholders(states.len())),
-            states,
-        );
-    }
+    c.push_in("r.id", filter.ids.iter().map(|i| i.as_str().to_owned()));
+    c.push_in(
+        "r.state",
+        filter.states.iter().map(|s| s.as_str().to_owned()),
+    );
     if let Some(word) = &filter.search {
         let path = format!("$.{}", filter.name_attr);
         c.push(

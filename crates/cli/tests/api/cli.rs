@@ -23,6 +23,19 @@ fn qtask_call(args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().expect("qtask call runs")
 }
 
+/// Runs `qtask call …` against `app`'s HTTP listener with keys from its data directory.
+fn qtask_call_app(app: &TestApp, args: &[&str]) -> Output {
+    let endpoint = format!("http://{}", app.http);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--endpoint",
+        &endpoint,
+        "--data-dir",
+        app.data_dir.to_str().unwrap(),
+    ]);
+    qtask_call(&all, &[])
+}
+
 fn stdout_json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
         panic!(
@@ -33,36 +46,32 @@ fn stdout_json(output: &Output) -> Value {
     })
 }
 
+fn code_and_stderr(output: &Output) -> (Option<i32>, String) {
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn call_reads_keys_from_the_data_dir_and_waits_for_every_task() {
     let app = TestApp::spawn().await;
-    let endpoint = format!("http://{}", app.http);
-    let data_dir = app.data_dir.to_str().unwrap();
-    let output = qtask_call(
+    let output = qtask_call_app(
+        &app,
         &[
             "RunInstances",
             "goodsNum=2",
             "instanceName=from the cli",
-            "--endpoint",
-            &endpoint,
-            "--data-dir",
-            data_dir,
             "--wait",
         ],
-        &[],
     );
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, waited) = code_and_stderr(&output);
+    assert_eq!(code, Some(0), "stderr: {waited}");
     let answer = stdout_json(&output);
     assert_eq!(answer["code"], 0, "{answer}");
     let ids = answer["instanceIds"].as_array().unwrap();
     assert_eq!(ids.len(), 2);
     // --wait printed the final result of the request, and it succeeded.
-    let waited = String::from_utf8_lossy(&output.stderr);
     assert!(waited.contains("\"state\": \"SUCCESS\""), "{waited}");
     for id in ids {
         let instance = app.instance(id.as_str().unwrap()).await;
@@ -75,32 +84,16 @@ async fn call_reads_keys_from_the_data_dir_and_waits_for_every_task() {
 async fn wait_exits_1_when_a_task_fails() {
     let app = TestApp::spawn().await;
     let ids = app.create_instances(2, "db qtask-fail:StopInstances").await;
-    let endpoint = format!("http://{}", app.http);
-    let output = qtask_call(
-        &[
-            "StopInstances",
-            &format!("instanceIds.0={}", ids[0]),
-            &format!("instanceIds.1={}", ids[1]),
-            "--endpoint",
-            &endpoint,
-            "--data-dir",
-            app.data_dir.to_str().unwrap(),
-            "--wait",
-        ],
-        &[],
-    );
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let first = format!("instanceIds.0={}", ids[0]);
+    let second = format!("instanceIds.1={}", ids[1]);
+    let output = qtask_call_app(&app, &["StopInstances", &first, &second, "--wait"]);
+    let (code, waited) = code_and_stderr(&output);
+    assert_eq!(code, Some(1), "stderr: {waited}");
     assert_eq!(
         stdout_json(&output)["code"],
         0,
         "the call itself was accepted"
     );
-    let waited = String::from_utf8_lossy(&output.stderr);
     assert!(waited.contains("simulated fault"), "{waited}");
 }
 
@@ -119,12 +112,8 @@ async fn keys_and_endpoint_from_the_environment_over_https_post_sha1() {
             ("QTASK_REGION", "gz"),
         ],
     );
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, stderr) = code_and_stderr(&output);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
     let answer = stdout_json(&output);
     assert_eq!(answer["code"], 0, "{answer}");
     assert_eq!(answer["totalCount"], 0);
@@ -133,19 +122,7 @@ async fn keys_and_endpoint_from_the_environment_over_https_post_sha1() {
 #[tokio::test]
 async fn an_error_answer_exits_1_and_usage_problems_exit_2() {
     let app = TestApp::spawn().await;
-    let endpoint = format!("http://{}", app.http);
-    let data_dir = app.data_dir.to_str().unwrap();
-    let refused = qtask_call(
-        &[
-            "StartInstances",
-            "instanceIds.0=bogus",
-            "--endpoint",
-            &endpoint,
-            "--data-dir",
-            data_dir,
-        ],
-        &[],
-    );
+    let refused = qtask_call_app(&app, &["StartInstances", "instanceIds.0=bogus"]);
     assert_eq!(refused.status.code(), Some(1));
     let answer = stdout_json(&refused);
     assert_eq!(answer["code"], 4000, "{answer}");
@@ -157,20 +134,12 @@ async fn an_error_answer_exits_1_and_usage_problems_exit_2() {
         "{answer}"
     );
 
-    let not_a_pair = qtask_call(
-        &[
-            "DescribeInstances",
-            "limit",
-            "--endpoint",
-            &endpoint,
-            "--data-dir",
-            data_dir,
-        ],
-        &[],
-    );
-    assert_eq!(not_a_pair.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&not_a_pair.stderr).contains("not NAME=VALUE"));
+    let not_a_pair = qtask_call_app(&app, &["DescribeInstances", "limit"]);
+    let (code, stderr) = code_and_stderr(&not_a_pair);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("not NAME=VALUE"), "{stderr}");
 
+    let endpoint = format!("http://{}", app.http);
     let no_keys = qtask_call(
         &[
             "DescribeInstances",
@@ -181,9 +150,11 @@ async fn an_error_answer_exits_1_and_usage_problems_exit_2() {
         ],
         &[],
     );
-    assert_eq!(no_keys.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&no_keys.stderr).contains("no keys given"));
+    let (code, stderr) = code_and_stderr(&no_keys);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no keys given"), "{stderr}");
 
+    let data_dir = app.data_dir.to_str().unwrap();
     let unreachable = qtask_call(
         &[
             "DescribeInstances",
@@ -194,6 +165,7 @@ async fn an_error_answer_exits_1_and_usage_problems_exit_2() {
         ],
         &[],
     );
-    assert_eq!(unreachable.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("could not reach"));
+    let (code, stderr) = code_and_stderr(&unreachable);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("could not reach"), "{stderr}");
 }

@@ -102,11 +102,7 @@ async fn a_restart_keeps_instances_tasks_and_results() {
     let after = snapshot(&app, &requests).await;
     assert_eq!(after, before, "the restart changed what the API shows");
     assert!(
-        !app.output
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.starts_with("Resuming")),
+        !app.printed("Resuming"),
         "nothing was unfinished: {:?}",
         app.output.lock().unwrap()
     );
@@ -346,11 +342,7 @@ async fn sigterm_lets_a_task_that_ends_within_the_grace_period_finish() {
     );
     assert_eq!(app.instance(&ids[0]).await["instanceName"], "graceful");
     assert!(
-        !app.output
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.starts_with("Resuming")),
+        !app.printed("Resuming"),
         "nothing was left unfinished: {:?}",
         app.output.lock().unwrap()
     );

@@ -149,6 +149,15 @@ impl TestApp {
         self.data_dir.join("tls").join("ca.crt")
     }
 
+    /// Whether the server printed a line starting with `prefix`.
+    pub fn printed(&self, prefix: &str) -> bool {
+        self.output
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with(prefix))
+    }
+
     /// One signed call with the default client.
     pub async fn call(&self, action: &str, params: &[(&str, &str)]) -> Value {
         self.client()
