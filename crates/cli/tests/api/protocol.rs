@@ -1058,6 +1058,43 @@ async fn https_with_the_generated_ca_works() {
     }
 }
 
+/// `--tls-cert`/`--tls-key` serve the operator's certificate and generate nothing.
+#[tokio::test]
+async fn https_with_the_operators_own_certificate() {
+    // A first server generates a CA and a certificate: they stand in for the operator's.
+    let issuer = TestApp::spawn().await;
+    let tls = issuer.data_dir.join("tls");
+    let (cert, key) = (tls.join("server.crt"), tls.join("server.key"));
+    let app = TestApp::spawn_with(&[
+        "--sim-speed",
+        "0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        !app.data_dir.join("tls").exists(),
+        "a certificate was generated although one was given"
+    );
+    let client = Client::new(ClientConfig {
+        endpoint: format!("https://{}", app.https),
+        secret_id: app.secret_id.clone(),
+        secret_key: app.secret_key.clone(),
+        region: "ap-guangzhou".into(),
+        method: HttpMethod::Post,
+        signature_method: SignatureMethod::HmacSha256,
+        ca_file: Some(issuer.ca_file()),
+    })
+    .unwrap();
+    let answer = client
+        .call("DescribeInstances", [("limit", "1")])
+        .await
+        .expect("an HTTPS answer");
+    assert_ok(&answer, "DescribeInstances over the operator's certificate");
+}
+
 #[tokio::test]
 async fn only_the_api_path_answers_every_request_with_http_200() {
     let app = TestApp::spawn().await;
