@@ -3,6 +3,9 @@
 //! Every option has one flag, one variable and one file key (the flag's name with `_`).
 
 use anyhow::{bail, Context};
+use qtask_engine::maintenance::RetentionSettings;
+use qtask_engine::policy::Policy;
+use qtask_store::OnBusy;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -77,11 +80,96 @@ pub struct ServeArgs {
     /// start [default: 10].
     #[arg(long, env = "QTASK_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
+    /// How long a task's lease lasts without renewal; a task whose worker stalled is
+    /// rescued within 1.25 × this [default: 30s].
+    #[arg(long, env = "QTASK_LEASE", value_name = "DURATION")]
+    pub lease: Option<String>,
+    /// How long finished tasks are kept before retention deletes them [default: 7d].
+    #[arg(long, env = "QTASK_TASK_RETENTION", value_name = "DURATION")]
+    pub task_retention: Option<String>,
+    /// How long a returned instance stays listed before retention deletes it
+    /// [default: 1h].
+    #[arg(long, env = "QTASK_RETIRED_RETENTION", value_name = "DURATION")]
+    pub retired_retention: Option<String>,
+    /// How often retention runs [default: 60s].
+    #[arg(long, env = "QTASK_RETENTION_INTERVAL", value_name = "DURATION")]
+    pub retention_interval: Option<String>,
+    /// Appends every simulated attempt's start and end to FILE (for the crash test).
+    #[arg(long, env = "QTASK_SIM_JOURNAL", value_name = "FILE", hide = true)]
+    pub sim_journal: Option<PathBuf>,
     /// Per-action failure probability of the simulator (file only):
     /// `[sim_failure_rates]` then `StopInstances = 0.1`.
     #[arg(skip)]
     #[serde(default)]
     pub sim_failure_rates: HashMap<String, f64>,
+    /// Per-action engine policy (file only): `[actions.StartInstances]` then any of
+    /// `max_attempts = 5`, `timeout = "2m"`, `backoff = "500ms"`, `backoff_max = "1m"`,
+    /// `on_busy = "queue"` (or `"refuse"`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub actions: HashMap<String, ActionSettings>,
+}
+
+/// One action's policy overrides, from the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSettings {
+    pub max_attempts: Option<u32>,
+    pub timeout: Option<String>,
+    pub backoff: Option<String>,
+    pub backoff_max: Option<String>,
+    pub on_busy: Option<OnBusySetting>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBusySetting {
+    Refuse,
+    Queue,
+}
+
+impl ActionSettings {
+    /// Applies these overrides to the catalog's policy for `action`.
+    pub fn apply(&self, action: &str, mut policy: Policy) -> anyhow::Result<Policy> {
+        let key = |name: &str| format!("actions.{action}.{name}");
+        if let Some(n) = self.max_attempts {
+            if n == 0 {
+                bail!("{} must be at least 1", key("max_attempts"));
+            }
+            policy.max_attempts = n;
+        }
+        if let Some(text) = &self.timeout {
+            policy.timeout = positive_duration(&key("timeout"), text)?;
+        }
+        if let Some(text) = &self.backoff {
+            policy.backoff = duration(&key("backoff"), text)?;
+        }
+        if let Some(text) = &self.backoff_max {
+            policy.backoff_max = duration(&key("backoff_max"), text)?;
+        }
+        if let Some(on_busy) = self.on_busy {
+            policy.on_busy = match on_busy {
+                OnBusySetting::Refuse => OnBusy::Refuse,
+                OnBusySetting::Queue => OnBusy::Queue,
+            };
+        }
+        Ok(policy)
+    }
+}
+
+/// A duration such as `30s`, `5m`, `7d` or `250ms`.
+fn duration(option: &str, text: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(text).with_context(|| {
+        format!("{option} must be a duration such as 30s, 5m, 12h or 7d, not {text:?}")
+    })
+}
+
+fn positive_duration(option: &str, text: &str) -> anyhow::Result<Duration> {
+    let value = duration(option, text)?;
+    if value.is_zero() {
+        bail!("{option} must be longer than 0");
+    }
+    Ok(value)
 }
 
 /// The resolved configuration.
@@ -98,6 +186,10 @@ pub struct ServeConfig {
     pub timestamp_window: Duration,
     pub public_names: Vec<String>,
     pub shutdown_grace: Duration,
+    pub lease: Duration,
+    pub retention: RetentionSettings,
+    pub sim_journal: Option<PathBuf>,
+    pub actions: HashMap<String, ActionSettings>,
 }
 
 impl ServeConfig {
@@ -145,6 +237,26 @@ impl ServeConfig {
         }
         let or_file =
             |flags: Vec<String>, file: Vec<String>| if flags.is_empty() { file } else { flags };
+        let duration_or = |option: &str, flag: Option<String>, file: Option<String>, default: &str| {
+            positive_duration(option, &flag.or(file).unwrap_or_else(|| default.to_owned()))
+        };
+        let lease = duration_or("lease", args.lease, file.lease, "30s")?;
+        let retention = RetentionSettings {
+            tasks: duration_or("task_retention", args.task_retention, file.task_retention, "7d")?,
+            retired_resources: duration_or(
+                "retired_retention",
+                args.retired_retention,
+                file.retired_retention,
+                "1h",
+            )?,
+            interval: duration_or(
+                "retention_interval",
+                args.retention_interval,
+                file.retention_interval,
+                "60s",
+            )?,
+            ..RetentionSettings::default()
+        };
         Ok(Self {
             data_dir: args
                 .data_dir
@@ -162,6 +274,10 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(
                 args.shutdown_grace.or(file.shutdown_grace).unwrap_or(10),
             ),
+            lease,
+            retention,
+            sim_journal: args.sim_journal.or(file.sim_journal),
+            actions: file.actions,
         })
     }
 }
@@ -208,6 +324,50 @@ mod tests {
         assert_eq!(config.sim_failure_rates["StopInstances"], 0.25);
         assert_eq!(config.data_dir, PathBuf::from("qtask-data"));
         assert_eq!(config.timestamp_window, Duration::from_secs(300));
+        assert_eq!(config.lease, Duration::from_secs(30));
+        assert_eq!(config.retention.tasks, Duration::from_secs(7 * 24 * 3600));
+    }
+
+    #[test]
+    fn action_policies_and_durations_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("qtask.toml");
+        std::fs::write(
+            &file,
+            "lease = \"2s\"\ntask_retention = \"90m\"\n[actions.StartInstances]\nmax_attempts = 5\ntimeout = \"250ms\"\non_busy = \"queue\"\n",
+        )
+        .unwrap();
+        let config = ServeConfig::resolve(ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(config.lease, Duration::from_secs(2));
+        assert_eq!(config.retention.tasks, Duration::from_secs(90 * 60));
+        let policy = config.actions["StartInstances"]
+            .apply("StartInstances", Policy::default())
+            .unwrap();
+        assert_eq!(policy.max_attempts, 5);
+        assert_eq!(policy.timeout, Duration::from_millis(250));
+        assert_eq!(policy.on_busy, OnBusy::Queue);
+        assert_eq!(policy.backoff, Policy::default().backoff);
+
+        let error = ActionSettings {
+            timeout: Some("soon".into()),
+            ..ActionSettings::default()
+        }
+        .apply("StopInstances", Policy::default())
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("actions.StopInstances.timeout"),
+            "{error}"
+        );
+        let error = ServeConfig::resolve(ServeArgs {
+            lease: Some("0s".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("lease must be longer"), "{error}");
     }
 
     #[test]

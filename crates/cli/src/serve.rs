@@ -5,9 +5,9 @@ use crate::config::ServeConfig;
 use crate::{credentials, keys};
 use anyhow::Context;
 use qtask_engine::catalog::Catalog;
-use qtask_engine::dispatch::WorkerPool;
+use qtask_engine::dispatch::{node_name, Worker, WorkerPool, WorkerSettings};
 use qtask_engine::executor::{SimExecutor, SimSettings};
-use qtask_engine::Engine;
+use qtask_engine::{maintenance, Engine};
 use qtask_server::render::ProtocolRender;
 use qtask_server::{AppState, AuthSettings, Listeners};
 use qtask_store::Store;
@@ -41,6 +41,8 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    create_private_dir(&config.data_dir)?;
+    let _lock = lock_data_dir(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(open_store(&config.data_dir)?);
     let data_dir = config.data_dir.display().to_string();
     println!(
@@ -49,30 +51,36 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     );
     bootstrap_credentials(store.as_ref(), &config.data_dir).await?;
 
-    let catalog = Arc::new(Catalog::builtin());
-    for action in config.sim_failure_rates.keys() {
-        if catalog.operation(action).is_none() {
-            anyhow::bail!("sim_failure_rates names {action:?}, which is not a mutating action");
-        }
-    }
+    let catalog = Arc::new(build_catalog(&config)?);
     let listeners = bind(&config)?;
-    let shutdown = CancellationToken::new();
-    let executor = Arc::new(SimExecutor::new(
+    let mut executor = SimExecutor::new(
         &catalog,
         SimSettings {
             speed: config.sim_speed,
             failure_rates: config.sim_failure_rates.clone(),
         },
-    ));
-    let (dispatcher, pool) = WorkerPool::start(
-        Arc::clone(&store),
-        executor,
-        config.workers,
-        shutdown.child_token(),
-        config.shutdown_grace,
     );
+    if let Some(path) = &config.sim_journal {
+        executor = executor
+            .with_journal(path)
+            .with_context(|| format!("cannot open the simulator journal {}", path.display()))?;
+    }
+    let settings = WorkerSettings {
+        node: node_name(),
+        lease: config.lease,
+    };
+    let worker = Worker::new(
+        Arc::clone(&store),
+        Arc::new(executor),
+        Arc::clone(&catalog),
+        settings,
+    );
+    // Cancelled at SIGINT/SIGTERM: the API answers 6200 and workers take no new task.
+    let draining = CancellationToken::new();
+    let (dispatcher, pool) =
+        WorkerPool::start(worker, config.workers, draining.clone(), config.shutdown_grace);
     let recovered = store
-        .recover()
+        .recover(now_millis())
         .await
         .context("cannot recover unfinished tasks")?;
     if !recovered.is_empty() {
@@ -82,6 +90,15 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         );
     }
     dispatcher.enqueue(recovered);
+    let maintenance_stop = CancellationToken::new();
+    let maintenance = maintenance::start(
+        Arc::clone(&store),
+        Arc::clone(&catalog),
+        dispatcher.clone(),
+        config.lease,
+        config.retention.clone(),
+        maintenance_stop.clone(),
+    );
     let engine = Arc::new(Engine::new(
         Arc::clone(&store),
         catalog,
@@ -95,6 +112,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             timestamp_window: config.timestamp_window,
             public_names: config.public_names.clone(),
         },
+        draining: draining.clone(),
     });
 
     let mut endpoints = Vec::new();
@@ -109,22 +127,79 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     }
     println!("Ready. Try: qtask call DescribeInstances --data-dir {data_dir}");
 
-    let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
+    let signals = tokio::spawn(stop_on_signal(draining.clone(), config.shutdown_grace));
+    // Shutdown order: drain (the API answers 6200), let the pool finish or release its
+    // tasks, stop maintenance, and only then close the listeners.
+    let http_stop = CancellationToken::new();
+    let stopper = tokio::spawn({
+        let draining = draining.clone();
+        let http_stop = http_stop.clone();
+        async move {
+            draining.cancelled().await;
+            pool.join().await;
+            maintenance_stop.cancel();
+            let _ = maintenance.await;
+            http_stop.cancel();
+        }
+    });
     let served = qtask_server::serve(
         qtask_server::app(state),
         listeners,
-        shutdown.clone(),
-        Duration::from_secs(5),
+        http_stop,
+        Duration::from_secs(1),
     )
     .await;
-    shutdown.cancel();
+    draining.cancel();
     signals.abort();
-    pool.join().await;
+    let _ = stopper.await;
     println!("Stopped.");
     served.context("the server failed")
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// The built-in catalog with the configuration file's action policies applied.
+fn build_catalog(config: &ServeConfig) -> anyhow::Result<Catalog> {
+    let mut catalog = Catalog::builtin();
+    for action in config.sim_failure_rates.keys() {
+        if catalog.operation(action).is_none() {
+            anyhow::bail!("sim_failure_rates names {action:?}, which is not a mutating action");
+        }
+    }
+    for (action, settings) in &config.actions {
+        let Some(operation) = catalog.operation(action) else {
+            anyhow::bail!("[actions.{action}]: {action} is not an action that creates tasks");
+        };
+        let policy = settings.apply(action, operation.policy.clone())?;
+        catalog
+            .set_policy(action, policy)
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(catalog)
+}
+
+/// Holds DATA_DIR/qtask.lock for as long as the server runs: two servers on one
+/// SQLite database would each think the other's running tasks were abandoned.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("qtask.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another qtask serve is using {} (it holds {}); stop it first or use another --data-dir",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+async fn stop_on_signal(draining: CancellationToken, grace: Duration) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -138,8 +213,11 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-    println!("Stopping: no new requests; running tasks get their grace period…");
-    shutdown.cancel();
+    println!(
+        "Stopping: new calls answer 6200; running tasks get {}s to finish, then go back to the queue…",
+        grace.as_secs()
+    );
+    draining.cancel();
 }
 
 /// On the first start (no keys at all), creates the default account and a key pair,

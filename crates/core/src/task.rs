@@ -3,12 +3,15 @@
 //! ```text
 //!            claim             success
 //!  QUEUED ──────────▶ RUNNING ─────────▶ SUCCESS
-//!     ▲                  │
-//!     └──── crash ───────┤  failure
-//!       (re-queued at    └─────────────▶ FAILED
-//!        restart)
+//!   │ ▲                  │
+//!   │ └─ retry, crash, ──┤  failure (fatal, or retries exhausted)
+//!   │    lease lost      ├─────────────▶ FAILED
+//!   │                    │  cancel honoured by the executor
+//!   │                    └─────────────▶ CANCELED
+//!   └──── cancel before it started ────▶ CANCELED
 //! ```
-//! QUEUED and RUNNING are *unfinished*; SUCCESS and FAILED are *final* and never change.
+//! QUEUED and RUNNING are *unfinished*; SUCCESS, FAILED and CANCELED are *final* and
+//! never change.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,10 +22,17 @@ pub enum TaskState {
     Running,
     Succeeded,
     Failed,
+    Canceled,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 4] = [Self::Queued, Self::Running, Self::Succeeded, Self::Failed];
+    pub const ALL: [TaskState; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Canceled,
+    ];
 
     /// The name used in answers and in the store.
     pub fn as_str(self) -> &'static str {
@@ -31,24 +41,31 @@ impl TaskState {
             Self::Running => "RUNNING",
             Self::Succeeded => "SUCCESS",
             Self::Failed => "FAILED",
+            Self::Canceled => "CANCELED",
         }
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed)
+        !self.is_unfinished()
     }
 
-    /// The API 2.0 task-result integer: 0 succeeded, 1 failed, 2 in progress.
+    pub fn is_unfinished(self) -> bool {
+        matches!(self, Self::Queued | Self::Running)
+    }
+
+    /// The API 2.0 task-result integer: 0 succeeded, 1 failed (or canceled: the legacy
+    /// API knows no other end), 2 in progress.
     pub fn legacy_status(self) -> u8 {
         match self {
             Self::Succeeded => 0,
-            Self::Failed => 1,
+            Self::Failed | Self::Canceled => 1,
             Self::Queued | Self::Running => 2,
         }
     }
 
     /// The state of a group of tasks (a chain) seen as one: QUEUED while none has
-    /// started, RUNNING while any is unfinished, then FAILED if any failed, else SUCCESS.
+    /// started, RUNNING while any is unfinished, then FAILED if any failed or was
+    /// canceled, else SUCCESS.
     pub fn aggregate(states: impl IntoIterator<Item = TaskState>) -> TaskState {
         let (mut queued, mut unfinished, mut failed, mut total) = (0, 0, 0, 0);
         for state in states {
@@ -59,7 +76,7 @@ impl TaskState {
                     unfinished += 1;
                 }
                 Self::Running => unfinished += 1,
-                Self::Failed => failed += 1,
+                Self::Failed | Self::Canceled => failed += 1,
                 Self::Succeeded => {}
             }
         }
@@ -82,7 +99,7 @@ impl fmt::Display for TaskState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown task state {0:?} (expected QUEUED, RUNNING, SUCCESS or FAILED)")]
+#[error("unknown task state {0:?} (expected QUEUED, RUNNING, SUCCESS, FAILED or CANCELED)")]
 pub struct UnknownTaskState(pub String);
 
 impl FromStr for TaskState {
@@ -104,6 +121,20 @@ pub struct TaskError {
     pub message: String,
 }
 
+impl TaskError {
+    /// An operation that failed, or was canceled: the legacy API's code for both.
+    pub const OPERATION_FAILED: u32 = 5100;
+    /// qtask itself failed (an executor panicked).
+    pub const INTERNAL: u32 = 6000;
+
+    pub fn operation_failed(message: impl Into<String>) -> Self {
+        Self {
+            code: Self::OPERATION_FAILED,
+            message: message.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +144,7 @@ mod tests {
     fn legacy_status_integers() {
         assert_eq!(Succeeded.legacy_status(), 0);
         assert_eq!(Failed.legacy_status(), 1);
+        assert_eq!(Canceled.legacy_status(), 1);
         assert_eq!(Queued.legacy_status(), 2);
         assert_eq!(Running.legacy_status(), 2);
     }
@@ -132,6 +164,7 @@ mod tests {
         assert_eq!(TaskState::aggregate([Running, Queued, Failed]), Running);
         assert_eq!(TaskState::aggregate([Queued, Running]), Running);
         assert_eq!(TaskState::aggregate([Succeeded, Failed]), Failed);
+        assert_eq!(TaskState::aggregate([Succeeded, Canceled]), Failed);
         assert_eq!(TaskState::aggregate([Succeeded, Succeeded]), Succeeded);
     }
 }

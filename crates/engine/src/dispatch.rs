@@ -1,36 +1,323 @@
 //! Dispatch: committed tasks go straight into an in-process queue (no database poll),
 //! and a pool of at most `workers` concurrent workers claims, runs and completes them.
 //!
-//! A worker's claim and completion are store writes, group-committed with everyone
-//! else's. If the store fails, the worker retries with backoff; if the process dies,
-//! the task is found RUNNING or QUEUED at the next start and run again.
+//! A claim takes a lease with a fencing token. While the executor runs, the worker
+//! renews the lease every third of its length; if it cannot renew before the lease
+//! runs out, or finds it taken over, it aborts the executor and records nothing, so a
+//! task never runs in two places at once — and should a frozen worker wake up late,
+//! the store refuses its outcome by the fence. Store writes are retried with backoff;
+//! if the process dies, the task is found RUNNING or QUEUED at the next start and run
+//! again.
 
-use crate::executor::Executor;
+use crate::catalog::Catalog;
+use crate::executor::{ExecError, Executor};
+use crate::policy::Policy;
 use crate::time::now_millis;
 use qtask_core::{RequestId, TaskError};
-use qtask_store::{ClaimedTask, Store, StoreResult, TaskOutcome};
+use qtask_store::{
+    Completion, Lease, LeaseStatus, Runnable, Store, StoreResult, TaskOutcome,
+};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// The code recorded when an executor panics.
-pub const INTERNAL_ERROR: u32 = 6000;
+/// How this process's workers hold tasks.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// The lease owner's name: this qtask node.
+    pub node: String,
+    /// How long a lease lasts without renewal. A task whose worker died is rescued
+    /// within `lease` plus one rescue interval (`lease / 4`).
+    pub lease: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            node: node_name(),
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A name for this process as a lease owner: host and process ID.
+pub fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "qtask".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// The tasks this process is running, with the signal that asks each to cancel.
+#[derive(Default)]
+struct Running {
+    tasks: Mutex<HashMap<RequestId, CancellationToken>>,
+}
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, CancellationToken>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Removes a task from [`Running`] when its worker is done with it, however it ends.
+struct RunningEntry<'a> {
+    running: &'a Running,
+    task: RequestId,
+}
+
+impl Drop for RunningEntry<'_> {
+    fn drop(&mut self) {
+        self.running.lock().remove(&self.task);
+    }
+}
 
 /// Where committed tasks are handed to the workers.
 #[derive(Clone)]
 pub struct Dispatcher {
     queue: mpsc::UnboundedSender<RequestId>,
+    running: Arc<Running>,
 }
 
 impl Dispatcher {
-    pub fn enqueue(&self, tasks: impl IntoIterator<Item = RequestId>) {
-        for task in tasks {
-            // Fails only once the pool has stopped; the task is durable and will be
-            // recovered at the next start.
-            let _ = self.queue.send(task);
+    /// Queues tasks that can run now or later (a retry's backoff).
+    pub fn enqueue(&self, tasks: impl IntoIterator<Item = Runnable>) {
+        let now = now_millis();
+        for Runnable { task, not_before } in tasks {
+            let wait = not_before.saturating_sub(now);
+            if wait <= 0 {
+                // Fails only once the pool has stopped; the task is durable and will
+                // be recovered at the next start.
+                let _ = self.queue.send(task);
+            } else {
+                let queue = self.queue.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                    let _ = queue.send(task);
+                });
+            }
         }
+    }
+
+    /// Tells the executor of a task this process runs that a cancel was requested.
+    /// False when the task does not run here (the heartbeat of the node that runs it
+    /// will see the request).
+    pub fn signal_cancel(&self, task: RequestId) -> bool {
+        match self.running.lock().get(&task) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The tasks this process is running now.
+    pub fn running(&self) -> Vec<RequestId> {
+        self.running.lock().keys().copied().collect()
+    }
+}
+
+/// What one worker step did with a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Not claimable: already running elsewhere, final, waiting, or not due yet.
+    NotClaimable,
+    /// The outcome is recorded; `runnable` can run now or later.
+    Recorded {
+        outcome: TaskOutcome,
+        runnable: Vec<Runnable>,
+    },
+    /// The lease was taken over while the executor ran: its outcome was refused.
+    Fenced,
+    /// The lease could not be renewed in time or was taken over: the executor was
+    /// stopped and nothing recorded.
+    LeaseLost,
+    /// Shutdown: the task was given back to the queue (or, if the store could not be
+    /// reached, left RUNNING for the next start).
+    Released,
+}
+
+/// Runs tasks one step at a time: claim, execute under a lease, record.
+pub struct Worker {
+    store: Arc<dyn Store>,
+    executor: Arc<dyn Executor>,
+    catalog: Arc<Catalog>,
+    settings: WorkerSettings,
+    running: Arc<Running>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        executor: Arc<dyn Executor>,
+        catalog: Arc<Catalog>,
+        settings: WorkerSettings,
+    ) -> Self {
+        Self {
+            store,
+            executor,
+            catalog,
+            settings,
+            running: Arc::default(),
+        }
+    }
+
+    fn policy(&self, action: &str) -> Policy {
+        self.catalog
+            .operation(action)
+            .map(|op| op.policy.clone())
+            .unwrap_or_default()
+    }
+
+    /// Runs one task from claim to recorded outcome: the engine's single step, also
+    /// used by tests. `stop` interrupts it (shutdown after the grace period).
+    pub async fn run(&self, task: RequestId, stop: &CancellationToken) -> Step {
+        let claimed_at = Instant::now();
+        let now = now_millis();
+        let lease = Lease {
+            owner: self.settings.node.clone(),
+            now,
+            expires_at: now + self.settings.lease.as_millis() as i64,
+        };
+        let claim = persist(stop, "claim", task, || self.store.claim(task, lease.clone())).await;
+        let Some(Some(claimed)) = claim else {
+            return Step::NotClaimable;
+        };
+        let cancel = CancellationToken::new();
+        self.running.lock().insert(task, cancel.clone());
+        let _entry = RunningEntry {
+            running: &self.running,
+            task,
+        };
+        let fence = claimed.fence;
+        let policy = self.policy(&claimed.task.action);
+        let attempt = claimed.task.attempts;
+        let action = claimed.task.action.clone();
+
+        let executor = Arc::clone(&self.executor);
+        let mut execution = AbortOnDrop(tokio::spawn({
+            let cancel = cancel.clone();
+            let timeout = policy.timeout;
+            async move {
+                tokio::time::timeout(timeout, executor.execute(&claimed, &cancel)).await
+            }
+        }));
+        let joined = tokio::select! {
+            biased;
+            () = self.hold_lease(task, fence, claimed_at, &cancel) => {
+                drop(execution);
+                tracing::warn!(%task, fence, "lost the lease; stopped the executor");
+                let _ = self.store.release(task, fence, now_millis()).await;
+                return Step::LeaseLost;
+            }
+            _ = stop.cancelled() => {
+                drop(execution);
+                if let Err(error) = self.store.release(task, fence, now_millis()).await {
+                    tracing::error!(%task, %error, "cannot release the task; the next start will run it");
+                }
+                return Step::Released;
+            }
+            joined = execution.wait() => joined,
+        };
+        let retry_or_fail = |error: TaskError| {
+            if policy.may_retry(attempt) && !cancel.is_cancelled() {
+                let delay = policy.retry_delay(attempt, rand::random());
+                TaskOutcome::Retry {
+                    error,
+                    not_before: now_millis() + delay.as_millis() as i64,
+                }
+            } else {
+                TaskOutcome::Failed(TaskError {
+                    code: error.code,
+                    message: format!(
+                        "{} (attempt {attempt} of {})",
+                        error.message, policy.max_attempts
+                    ),
+                })
+            }
+        };
+        let outcome = match joined {
+            Ok(Ok(Ok(result))) => TaskOutcome::Succeeded { result },
+            Ok(Ok(Err(ExecError::Fatal(error)))) => TaskOutcome::Failed(error),
+            Ok(Ok(Err(ExecError::Canceled(message)))) => TaskOutcome::Canceled { message },
+            Ok(Ok(Err(ExecError::Retryable(error)))) => retry_or_fail(error),
+            Ok(Err(_elapsed)) => retry_or_fail(TaskError::operation_failed(format!(
+                "{action} on attempt {attempt} timed out after {:?}",
+                policy.timeout
+            ))),
+            Err(panic) => {
+                tracing::error!(%task, %panic, "executor panicked");
+                TaskOutcome::Failed(TaskError {
+                    code: TaskError::INTERNAL,
+                    message: "the executor failed unexpectedly".into(),
+                })
+            }
+        };
+        let completion = persist(stop, "complete", task, || {
+            self.store
+                .complete(task, fence, outcome.clone(), now_millis())
+        })
+        .await;
+        match completion {
+            Some(Completion::Recorded { runnable }) => Step::Recorded { outcome, runnable },
+            Some(Completion::Fenced) => Step::Fenced,
+            None => Step::Released,
+        }
+    }
+
+    /// Renews the lease until it is lost: returns only then. Passes a cancel request
+    /// seen in the store (made on another node) to the executor.
+    async fn hold_lease(
+        &self,
+        task: RequestId,
+        fence: u64,
+        claimed_at: Instant,
+        cancel: &CancellationToken,
+    ) {
+        let lease = self.settings.lease;
+        // Stop a little before the store's expiry, so a rescuer never overlaps.
+        let margin = lease / 10;
+        let mut deadline = claimed_at + lease - margin;
+        let mut next_renewal = claimed_at + lease / 3;
+        loop {
+            tokio::time::sleep_until(next_renewal.min(deadline)).await;
+            if Instant::now() >= deadline {
+                return;
+            }
+            let started = Instant::now();
+            let expires_at = now_millis() + lease.as_millis() as i64;
+            match self.store.renew(task, fence, expires_at).await {
+                Ok(LeaseStatus::Held { cancel_requested }) => {
+                    deadline = started + lease - margin;
+                    if cancel_requested {
+                        cancel.cancel();
+                    }
+                }
+                Ok(LeaseStatus::Lost) => return,
+                Err(error) => tracing::warn!(%task, %error, "cannot renew the lease"),
+            }
+            next_renewal = Instant::now() + lease / 3;
+        }
+    }
+}
+
+/// A spawned task that is aborted when dropped (the executor of an abandoned attempt).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn wait(&mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -41,18 +328,28 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Starts the pool. It stops taking tasks when `shutdown` is cancelled, then waits up
-    /// to `grace` for running tasks; tasks still running after that stay RUNNING in the
-    /// store and run again at the next start.
+    /// to `grace` for running tasks and gives the rest back to the queue, so the next
+    /// start takes them at once.
     pub fn start(
-        store: Arc<dyn Store>,
-        executor: Arc<dyn Executor>,
+        worker: Worker,
         workers: usize,
         shutdown: CancellationToken,
         grace: Duration,
     ) -> (Dispatcher, WorkerPool) {
         let (queue, inbox) = mpsc::unbounded_channel();
-        let done = tokio::spawn(run(store, executor, workers.max(1), inbox, shutdown, grace));
-        (Dispatcher { queue }, WorkerPool { done })
+        let dispatcher = Dispatcher {
+            queue,
+            running: Arc::clone(&worker.running),
+        };
+        let done = tokio::spawn(run(
+            Arc::new(worker),
+            dispatcher.clone(),
+            workers.max(1),
+            inbox,
+            shutdown,
+            grace,
+        ));
+        (dispatcher, WorkerPool { done })
     }
 
     /// Waits until the pool has stopped.
@@ -62,14 +359,15 @@ impl WorkerPool {
 }
 
 async fn run(
-    store: Arc<dyn Store>,
-    executor: Arc<dyn Executor>,
+    worker: Arc<Worker>,
+    dispatcher: Dispatcher,
     workers: usize,
     mut inbox: mpsc::UnboundedReceiver<RequestId>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(workers));
+    let stop = CancellationToken::new();
     loop {
         // Take a task only when a worker slot is free.
         let slot = tokio::select! {
@@ -83,11 +381,13 @@ async fn run(
                 None => break,
             },
         };
-        let store = Arc::clone(&store);
-        let executor = Arc::clone(&executor);
-        let shutdown = shutdown.clone();
+        let worker = Arc::clone(&worker);
+        let dispatcher = dispatcher.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            run_task(store.as_ref(), executor, task, &shutdown).await;
+            if let Step::Recorded { runnable, .. } = worker.run(task, &stop).await {
+                dispatcher.enqueue(runnable);
+            }
             drop(slot);
         });
     }
@@ -96,47 +396,21 @@ async fn run(
         .await
         .is_err()
     {
+        let left = dispatcher.running().len();
         tracing::warn!(
             ?grace,
-            "tasks still running at shutdown will run again at the next start"
+            left,
+            "tasks still running after the grace period go back to the queue"
         );
+        stop.cancel();
+        let _ = slots.acquire_many(all).await;
     }
 }
 
-/// Runs one task from claim to completion: the engine's single step, also used by
-/// tests. Returns the recorded outcome, or `None` when the task was not claimable
-/// (already running elsewhere or final) or shutdown interrupted it.
-pub async fn run_task(
-    store: &dyn Store,
-    executor: Arc<dyn Executor>,
-    task: RequestId,
-    shutdown: &CancellationToken,
-) -> Option<TaskOutcome> {
-    let claimed: Option<ClaimedTask> =
-        persist(shutdown, "claim", task, || store.claim(task, now_millis())).await?;
-    let claimed = claimed?;
-    let outcome = match tokio::spawn(async move { executor.execute(&claimed).await }).await {
-        Ok(Ok(result)) => TaskOutcome::Succeeded { result },
-        Ok(Err(error)) => TaskOutcome::Failed(error),
-        Err(panic) => {
-            tracing::error!(%task, %panic, "executor panicked");
-            TaskOutcome::Failed(TaskError {
-                code: INTERNAL_ERROR,
-                message: "the executor failed unexpectedly".into(),
-            })
-        }
-    };
-    persist(shutdown, "complete", task, || {
-        store.complete(task, outcome.clone(), now_millis())
-    })
-    .await?;
-    Some(outcome)
-}
-
-/// Retries a store write with backoff until it succeeds or shutdown begins: a task
-/// must not be dropped because the disk was briefly unavailable.
+/// Retries a store write with backoff until it succeeds or `stop` fires: a task must
+/// not be dropped because the disk was briefly unavailable.
 async fn persist<T, F, Fut>(
-    shutdown: &CancellationToken,
+    stop: &CancellationToken,
     what: &str,
     task: RequestId,
     mut write: F,
@@ -152,7 +426,7 @@ where
             Err(error) => {
                 tracing::error!(%task, %error, ?delay, "cannot {what} the task; retrying");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return None,
+                    _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));

@@ -13,16 +13,20 @@ pub mod args;
 pub mod catalog;
 pub mod dispatch;
 pub mod executor;
+pub mod maintenance;
+pub mod policy;
 pub mod time;
 mod views;
 
 use args::ArgError;
-use catalog::{Catalog, Handler, QueryContext};
+use catalog::{Catalog, Handler, Plan, QueryContext};
 use dispatch::Dispatcher;
 use qtask_core::{
     AccountId, Nonce, Region, Rejection, RequestId, ResourceId, SecretId, UnixMillis,
 };
-use qtask_store::{NonceClaim, NonceOutcome, Store, StoreError, Submission, Submitted};
+use qtask_store::{
+    NonceClaim, NonceOutcome, Runnable, Store, StoreError, Submission, Submitted,
+};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -183,56 +187,67 @@ impl Engine {
             signature: call.signature.clone(),
         };
         action.check_params(&call.params)?;
-        match &action.handler {
+        let ctx = QueryContext {
+            store: self.store.as_ref(),
+            catalog: &self.catalog,
+            dispatcher: &self.dispatcher,
+            call: &call,
+        };
+        let plan = match &action.handler {
             Handler::Query(query) => {
                 if let NonceOutcome::Resent { answer: Some(body) } =
                     self.store.record_nonce(nonce).await?
                 {
                     return Ok(Reply::Stored(body));
                 }
-                let ctx = QueryContext {
-                    store: self.store.as_ref(),
-                    catalog: &self.catalog,
-                    call: &call,
-                };
-                query(ctx).await.map(Reply::Fresh)
+                return query(ctx).await.map(Reply::Fresh);
             }
-            Handler::Mutate(operation) => {
-                let mut plan = operation.plan(&call).await?;
-                let mut attempt = 0;
-                let submitted = loop {
-                    let shape = plan.shape.clone();
-                    let render = Arc::clone(&self.render);
-                    let submission = Submission {
-                        account: call.account,
-                        region: call.region,
-                        action: call.action.clone(),
-                        nonce: nonce.clone(),
-                        idempotency: plan.idempotency.clone(),
-                        grouped: plan.shape.grouped(),
-                        tasks: plan.tasks.clone(),
-                        now: call.now,
-                        answer: Box::new(move |report| render.render(&shape.answer(report))),
-                    };
-                    attempt += 1;
-                    match self.store.submit(submission).await {
-                        // A new resource drew an ID that exists; the store rolled the
-                        // whole submission back, so draw again.
-                        Err(StoreError::DuplicateResource(id)) if attempt < 5 => {
-                            tracing::info!(%id, "a new resource ID collided; drawing again");
-                            plan.redraw_ids();
-                        }
-                        other => break other?,
-                    }
-                };
-                match submitted {
-                    Submitted::New { report, answer } => {
-                        self.dispatcher.enqueue(report.accepted());
-                        Ok(Reply::Stored(answer))
-                    }
-                    Submitted::Repeated { answer } => Ok(Reply::Stored(answer)),
+            Handler::Mutate(operation) => operation.plan(&call).await?,
+            Handler::Replan(replan) => replan(ctx).await?,
+        };
+        self.submit(&call, nonce, plan).await
+    }
+
+    /// Commits a mutating call's tasks with its nonce, then hands the runnable ones to
+    /// the workers.
+    async fn submit(&self, call: &Call, nonce: NonceClaim, mut plan: Plan) -> Result<Reply, EngineError> {
+        let mut attempt = 0;
+        let submitted = loop {
+            let shape = plan.shape.clone();
+            let render = Arc::clone(&self.render);
+            let submission = Submission {
+                account: call.account,
+                region: call.region,
+                action: plan.action.clone(),
+                nonce: nonce.clone(),
+                idempotency: plan.idempotency.clone(),
+                grouped: plan.shape.grouped(),
+                tasks: plan.tasks.clone(),
+                now: call.now,
+                answer: Box::new(move |report| render.render(&shape.answer(report))),
+            };
+            attempt += 1;
+            match self.store.submit(submission).await {
+                // A new resource drew an ID that exists; the store rolled the whole
+                // submission back, so draw again.
+                Err(StoreError::DuplicateResource(id)) if attempt < 5 => {
+                    tracing::info!(%id, "a new resource ID collided; drawing again");
+                    plan.redraw_ids();
                 }
+                other => break other?,
             }
+        };
+        match submitted {
+            Submitted::New {
+                answer, runnable, ..
+            } => {
+                self.dispatcher.enqueue(runnable.into_iter().map(|task| Runnable {
+                    task,
+                    not_before: call.now,
+                }));
+                Ok(Reply::Stored(answer))
+            }
+            Submitted::Repeated { answer } => Ok(Reply::Stored(answer)),
         }
     }
 }

@@ -35,6 +35,27 @@ pub fn task(record: &TaskRecord) -> Value {
     if let Some(result) = &record.result {
         fields.insert("result".into(), result.clone());
     }
+    let run = &record.run;
+    if let Some(at) = run.next_attempt_at {
+        fields.insert("nextAttemptTime".into(), Value::String(time::format(at)));
+    }
+    if let Some((ahead, position)) = run.blocked_by {
+        fields.insert("blockedBy".into(), Value::String(ahead.to_string()));
+        fields.insert("queuePosition".into(), json!(position));
+    }
+    if let Some(lease) = &run.lease {
+        fields.insert(
+            "lease".into(),
+            json!({
+                "owner": lease.owner,
+                "expiresTime": time::format(lease.expires_at),
+                "fencingToken": run.fence,
+            }),
+        );
+    }
+    if run.cancel_requested {
+        fields.insert("cancelRequested".into(), Value::Bool(true));
+    }
     view
 }
 

@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use qtask_engine::time::now_millis;
 use qtask_protocol::signature::HttpMethod;
+use qtask_protocol::{ApiError, ErrorCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -45,6 +46,15 @@ async fn handle(
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
     let request = IncomingRequest { method, host, form };
+    if state.draining.is_cancelled() {
+        // Nothing is accepted once shutdown began: a client should retry elsewhere or
+        // after the restart.
+        let error = ApiError::new(
+            ErrorCode::Unavailable,
+            "qtask is shutting down and accepts no new calls; retry in a moment",
+        );
+        return answer(error.to_body());
+    }
     let body = match auth::verify(state, request, now_millis()).await {
         Ok(call) => {
             let action = call.action.clone();
@@ -57,8 +67,12 @@ async fn handle(
             error.to_body()
         }
     };
-    // Every API answer is HTTP 200: the legacy clients treat any other status as a
-    // network failure. The JSON `code` tells the outcome.
+    answer(body)
+}
+
+/// Every API answer is HTTP 200: the legacy clients treat any other status as a
+/// network failure. The JSON `code` tells the outcome.
+fn answer(body: String) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
         body,

@@ -46,6 +46,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub engine: Arc<Engine>,
     pub auth: AuthSettings,
+    /// Cancelled when shutdown begins: from then on every API call answers 6200.
+    pub draining: CancellationToken,
 }
 
 /// The whole HTTP application.

@@ -110,25 +110,74 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn claim(&self, task: RequestId, now: UnixMillis) -> StoreResult<Option<ClaimedTask>> {
+    async fn claim(&self, task: RequestId, lease: Lease) -> StoreResult<Option<ClaimedTask>> {
         self.writer
-            .write(move |c, _| writes::claim(c, task, now))
+            .write(move |c, s| writes::claim(c, s, task, &lease))
+            .await
+    }
+
+    async fn renew(
+        &self,
+        task: RequestId,
+        fence: Fence,
+        expires_at: UnixMillis,
+    ) -> StoreResult<LeaseStatus> {
+        self.writer
+            .write(move |c, _| writes::renew(c, task, fence, expires_at))
             .await
     }
 
     async fn complete(
         &self,
         task: RequestId,
+        fence: Fence,
         outcome: TaskOutcome,
         now: UnixMillis,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Completion> {
         self.writer
-            .write(move |c, _| writes::complete(c, task, &outcome, now))
+            .write(move |c, _| writes::complete(c, task, fence, outcome, now))
             .await
     }
 
-    async fn recover(&self) -> StoreResult<Vec<RequestId>> {
-        self.writer.write(|c, _| writes::recover(c)).await
+    async fn release(&self, task: RequestId, fence: Fence, now: UnixMillis) -> StoreResult<bool> {
+        self.writer
+            .write(move |c, _| writes::release(c, task, fence, now))
+            .await
+    }
+
+    async fn rescue(&self, now: UnixMillis, keep: Vec<RequestId>) -> StoreResult<Vec<Runnable>> {
+        self.writer
+            .write(move |c, _| writes::rescue(c, now, &keep))
+            .await
+    }
+
+    async fn recover(&self, now: UnixMillis) -> StoreResult<Vec<Runnable>> {
+        self.writer.write(move |c, _| writes::recover(c, now)).await
+    }
+
+    async fn cancel(
+        &self,
+        account: AccountId,
+        id: RequestId,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Cancellation>> {
+        self.writer
+            .write(move |c, _| writes::cancel(c, account, id, now))
+            .await
+    }
+
+    async fn purge(&self, retention: Retention) -> StoreResult<PurgeReport> {
+        self.writer
+            .write(move |c, _| writes::purge(c, &retention))
+            .await
+    }
+
+    async fn purged(&self, account: AccountId, id: RequestId) -> StoreResult<bool> {
+        self.read(move |c| reads::purged(c, account, id)).await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.read(reads::stats).await
     }
 
     async fn api_key(&self, secret_id: &SecretId) -> StoreResult<Option<ApiKey>> {

@@ -1,7 +1,7 @@
 //! Read queries, run on the pool of read-only connections.
 
 use crate::writer::backend;
-use crate::writes::parse_object;
+use crate::writes::{effect_from_json, parse_object};
 use qtask_core::{
     AccountId, Region, RequestId, ResourceId, ResourceState, SecretId, TaskError, TaskState,
 };
@@ -10,9 +10,19 @@ use r2d2_sqlite::rusqlite::types::{ToSql, Type};
 use r2d2_sqlite::rusqlite::{self, params, params_from_iter, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
+/// A task's columns, in the order [`task_from_row`] reads them; the table must be
+/// named `tasks`. A QUEUED task waiting behind others on its resource gets the task
+/// just ahead of it and its position (both from the index on resource and ID).
 pub const TASK_COLUMNS: &str =
     "id, account_id, group_id, action, resource_id, region, params, state, attempts, \
-     created_at, started_at, finished_at, error_code, error_message, result";
+     created_at, started_at, finished_at, error_code, error_message, result, effect, \
+     not_before, lease_owner, lease_expires_at, fence, cancel_requested, \
+     CASE WHEN state = 'QUEUED' THEN (SELECT MAX(b.id) FROM tasks b \
+        WHERE b.account_id = tasks.account_id AND b.resource_id = tasks.resource_id \
+          AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END, \
+     CASE WHEN state = 'QUEUED' THEN (SELECT COUNT(*) FROM tasks b \
+        WHERE b.account_id = tasks.account_id AND b.resource_id = tasks.resource_id \
+          AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END";
 
 fn bad_column(index: usize, message: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(index, Type::Text, message.into())
@@ -62,6 +72,64 @@ pub fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
             })
             .transpose()?,
         result: json_column(14, row.get(14)?)?,
+        effect: effect_from_json(&row.get::<_, String>(15)?)
+            .map_err(|e| bad_column(15, e.to_string()))?,
+        run: run_info(row, state == "QUEUED", error_code.is_some())?,
+    })
+}
+
+fn run_info(row: &Row<'_>, queued: bool, failed_before: bool) -> rusqlite::Result<RunInfo> {
+    let not_before: i64 = row.get(16)?;
+    let lease = match (row.get::<_, Option<String>>(17)?, row.get(18)?) {
+        (Some(owner), Some(expires_at)) => Some(LeaseInfo { owner, expires_at }),
+        _ => None,
+    };
+    let blocked_by = match row.get::<_, Option<i64>>(21)? {
+        Some(ahead) => Some((request_id(21, ahead)?, row.get::<_, u32>(22)?)),
+        None => None,
+    };
+    Ok(RunInfo {
+        next_attempt_at: (queued && failed_before && not_before > 0).then_some(not_before),
+        lease,
+        fence: row.get::<_, i64>(19)? as u64,
+        cancel_requested: row.get(20)?,
+        blocked_by,
+    })
+}
+
+pub fn purged(conn: &Connection, account: AccountId, id: RequestId) -> StoreResult<bool> {
+    let up_to: Option<i64> = conn
+        .prepare_cached("SELECT purged_up_to FROM accounts WHERE id = ?1")
+        .and_then(|mut s| s.query_row([account.0], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    Ok(up_to.is_some_and(|up_to| id.get() as i64 <= up_to))
+}
+
+pub fn stats(conn: &Connection) -> StoreResult<StoreStats> {
+    let mut stmt = conn
+        .prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        .map_err(backend)?;
+    let tasks = stmt
+        .query_map([], |r| {
+            let state: String = r.get(0)?;
+            let state = state
+                .parse::<TaskState>()
+                .map_err(|e| bad_column(0, e.to_string()))?;
+            Ok((state, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)?;
+    let fenced_completions = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'fenced_completions'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(backend)? as u64;
+    Ok(StoreStats {
+        tasks,
+        fenced_completions,
     })
 }
 

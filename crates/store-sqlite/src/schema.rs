@@ -89,6 +89,34 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_by_group ON tasks (group_id) WHERE group_id IS NOT NULL;
     CREATE INDEX tasks_by_resource ON tasks (account_id, resource_id, id);
     "#,
+    // 2: retries, leases with fencing, cancellation, per-resource queues, retention.
+    r#"
+    INSERT INTO meta (key, value) VALUES ('next_fence', 1), ('fenced_completions', 0);
+
+    -- A QUEUED task runs no earlier than not_before (a retry's backoff).
+    ALTER TABLE tasks ADD COLUMN not_before INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN lease_owner TEXT;
+    ALTER TABLE tasks ADD COLUMN lease_expires_at INTEGER;
+    -- The fencing token of the latest claim; only its holder may record an outcome.
+    ALTER TABLE tasks ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    -- The states the resource must be in (JSON array; NULL = any), checked again when a
+    -- queued task reaches the head of its resource's queue.
+    ALTER TABLE tasks ADD COLUMN allowed TEXT;
+    CREATE INDEX tasks_by_lease ON tasks (lease_expires_at) WHERE state = 'RUNNING';
+    CREATE INDEX tasks_by_finish ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+
+    -- When the resource's state last changed (retention of returned resources).
+    ALTER TABLE resources ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;
+    UPDATE resources SET updated_at = created_at;
+    CREATE INDEX resources_by_state ON resources (kind, state, updated_at);
+
+    -- The highest task or group ID retention deleted for the account: a lookup at or
+    -- below it that finds nothing answers "expired", not "does not exist".
+    ALTER TABLE accounts ADD COLUMN purged_up_to INTEGER NOT NULL DEFAULT 0;
+
+    CREATE INDEX client_tokens_by_age ON client_tokens (created_at);
+    "#,
 ];
 
 /// The schema version this binary writes.

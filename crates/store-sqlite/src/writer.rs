@@ -13,18 +13,69 @@ use tokio::sync::oneshot;
 /// enough that one commit never holds callers for long.
 pub const MAX_BATCH: usize = 512;
 
+/// A counter kept in the writer and persisted in `meta` with each batch that used it,
+/// so allocating never costs a read.
+struct Counter {
+    key: &'static str,
+    next: u64,
+    persisted: u64,
+}
+
+impl Counter {
+    fn load(conn: &Connection, key: &'static str) -> StoreResult<Self> {
+        let next = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(backend)? as u64;
+        Ok(Self {
+            key,
+            next,
+            persisted: next,
+        })
+    }
+
+    fn allocate(&mut self) -> u64 {
+        let value = self.next;
+        self.next += 1;
+        value
+    }
+
+    fn persist(&self, conn: &Connection) -> StoreResult<()> {
+        if self.next != self.persisted {
+            conn.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")
+                .and_then(|mut s| s.execute(rusqlite::params![self.key, self.next as i64]))
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+}
+
 /// Writer-owned state that jobs may use and change.
 pub struct WriterState {
-    /// The next task/group ID; persisted in `meta` with each batch that used it.
-    pub next_id: u64,
-    persisted_next_id: u64,
+    /// Task and group IDs: never reused, even after deletions.
+    ids: Counter,
+    /// Fencing tokens: each claim draws one larger than all before.
+    fences: Counter,
 }
 
 impl WriterState {
     pub fn allocate_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
+        self.ids.allocate()
+    }
+
+    pub fn allocate_fence(&mut self) -> u64 {
+        self.fences.allocate()
+    }
+
+    fn persist(&self, conn: &Connection) -> StoreResult<()> {
+        self.ids.persist(conn)?;
+        self.fences.persist(conn)
+    }
+
+    fn committed(&mut self) {
+        self.ids.persisted = self.ids.next;
+        self.fences.persisted = self.fences.next;
     }
 }
 
@@ -42,14 +93,9 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Starts the writer thread on `conn`.
     pub fn spawn(conn: Connection) -> StoreResult<(Self, std::thread::JoinHandle<()>)> {
-        let next_id: u64 = conn
-            .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(backend)? as u64;
         let state = WriterState {
-            next_id,
-            persisted_next_id: next_id,
+            ids: Counter::load(&conn, "next_id")?,
+            fences: Counter::load(&conn, "next_fence")?,
         };
         let (jobs, inbox) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
@@ -130,12 +176,15 @@ fn run(conn: Connection, mut state: WriterState, inbox: mpsc::Receiver<Job>) {
             .into_iter()
             .map(|job| job(&conn, &mut state, true))
             .collect();
-        let commit = persist_next_id(&conn, &state)
+        let commit = state
+            .persist(&conn)
             .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
         match &commit {
-            Ok(()) => state.persisted_next_id = state.next_id,
+            Ok(()) => state.committed(),
             Err(error) => {
                 tracing::error!(%error, jobs = finishes.len(), "store commit failed");
+                // The counters keep counting from what was allocated: gaps are
+                // harmless, reuse is not.
                 let _ = conn.execute_batch("ROLLBACK");
             }
         }
@@ -144,15 +193,6 @@ fn run(conn: Connection, mut state: WriterState, inbox: mpsc::Receiver<Job>) {
         }
     }
     tracing::debug!("store writer stopped");
-}
-
-fn persist_next_id(conn: &Connection, state: &WriterState) -> StoreResult<()> {
-    if state.next_id != state.persisted_next_id {
-        conn.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'next_id'")
-            .and_then(|mut s| s.execute([state.next_id as i64]))
-            .map_err(backend)?;
-    }
-    Ok(())
 }
 
 pub fn backend(e: rusqlite::Error) -> StoreError {

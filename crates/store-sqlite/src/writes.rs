@@ -2,7 +2,10 @@
 
 use crate::reads::{task_from_row, TASK_COLUMNS};
 use crate::writer::{backend, WriterState};
-use qtask_core::{AccountId, Effect, Rejection, RequestId, ResourceState, SecretId, UnixMillis};
+use qtask_core::{
+    AccountId, Effect, Rejection, RequestId, ResourceState, SecretId, TaskError, TaskState,
+    UnixMillis,
+};
 use qtask_store::*;
 use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
@@ -92,6 +95,7 @@ pub fn submit(
 
     let group = grouped.then(|| RequestId::new(ids.allocate_id()).expect("IDs start at 1"));
     let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut runnable = Vec::with_capacity(tasks.len());
     for planned in &tasks {
         let resource = planned.target.resource_id().clone();
         let outcome = plan_one(
@@ -104,7 +108,15 @@ pub fn submit(
             planned,
             now,
         )?;
-        outcomes.push((resource, outcome));
+        outcomes.push((
+            resource,
+            outcome.map(|(task, started)| {
+                if started {
+                    runnable.push(task);
+                }
+                task
+            }),
+        ));
     }
     let report = SubmitReport {
         group: group.filter(|_| outcomes.iter().any(|(_, o)| o.is_ok())),
@@ -121,13 +133,17 @@ pub fn submit(
     store_answer(conn, &nonce, &answer)?;
     if let Some(key) = &idempotency {
         conn.prepare_cached(
-            "INSERT INTO client_tokens (account_id, token, fingerprint, answer, created_at)
+            "INSERT OR REPLACE INTO client_tokens (account_id, token, fingerprint, answer, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .and_then(|mut s| s.execute(params![account.0, key.token, key.fingerprint, answer, now]))
         .map_err(backend)?;
     }
-    Ok(Submitted::New { report, answer })
+    Ok(Submitted::New {
+        report,
+        answer,
+        runnable,
+    })
 }
 
 fn earlier_answer(
@@ -137,10 +153,11 @@ fn earlier_answer(
 ) -> StoreResult<Option<String>> {
     let found: Option<(String, String)> = conn
         .prepare_cached(
-            "SELECT fingerprint, answer FROM client_tokens WHERE account_id = ?1 AND token = ?2",
+            "SELECT fingerprint, answer FROM client_tokens
+             WHERE account_id = ?1 AND token = ?2 AND created_at >= ?3",
         )
         .and_then(|mut s| {
-            s.query_row(params![account.0, key.token], |r| {
+            s.query_row(params![account.0, key.token, key.valid_from], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()
@@ -168,6 +185,8 @@ fn store_answer(conn: &Connection, nonce: &NonceClaim, answer: &str) -> StoreRes
     Ok(())
 }
 
+/// Plans one task: `Ok((task, true))` when it holds its resource and can run now,
+/// `Ok((task, false))` when it waits behind the resource's unfinished tasks.
 #[allow(clippy::too_many_arguments)]
 fn plan_one(
     conn: &Connection,
@@ -178,7 +197,8 @@ fn plan_one(
     group: Option<RequestId>,
     planned: &PlannedTask,
     now: UnixMillis,
-) -> StoreResult<Result<RequestId, Rejection>> {
+) -> StoreResult<Result<(RequestId, bool), Rejection>> {
+    let mut waits = false;
     let prior_state = match &planned.target {
         Target::Existing { id, allowed } => {
             let found: Option<(i64, String, String, Option<i64>)> = conn
@@ -198,7 +218,11 @@ fn plan_one(
             if owner != account.0 || resource_region != region {
                 return Ok(Err(Rejection::NotFound));
             }
-            if let Some(active) = active {
+            let state = ResourceState(state);
+            if active.is_some() && planned.on_busy == OnBusy::Queue {
+                // Its precondition is checked when it reaches the head of the queue.
+                waits = true;
+            } else if let Some(active) = active {
                 let active_action: String = conn
                     .prepare_cached("SELECT action FROM tasks WHERE id = ?1")
                     .and_then(|mut s| s.query_row([active], |r| r.get(0)))
@@ -209,8 +233,7 @@ fn plan_one(
                     action: active_action,
                 }));
             }
-            let state = ResourceState(state);
-            if !allowed.is_empty() && !allowed.contains(&state) {
+            if !waits && !allowed.is_empty() && !allowed.contains(&state) {
                 return Ok(Err(Rejection::WrongState {
                     state,
                     allowed: allowed.clone(),
@@ -221,22 +244,35 @@ fn plan_one(
         Target::Create(new) => new.state.clone(),
     };
 
+    let allowed = match &planned.target {
+        Target::Existing { allowed, .. } if !allowed.is_empty() => Some(
+            serde_json::to_string(&allowed.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+                .expect("strings serialize"),
+        ),
+        _ => None,
+    };
     let task = RequestId::new(ids.allocate_id()).expect("IDs start at 1");
     let task_id = task.get() as i64;
     match &planned.target {
+        Target::Existing { id, .. } if waits => {
+            conn.prepare_cached("UPDATE resources SET last_task = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id.as_str(), task_id]))
+                .map_err(backend)?;
+        }
         Target::Existing { id, .. } => {
             let shown = planned.effect.transitional.as_ref().unwrap_or(&prior_state);
             conn.prepare_cached(
-                "UPDATE resources SET state = ?2, active_task = ?3, last_task = ?3 WHERE id = ?1",
+                "UPDATE resources SET state = ?2, active_task = ?3, last_task = ?3, updated_at = ?4
+                 WHERE id = ?1",
             )
-            .and_then(|mut s| s.execute(params![id.as_str(), shown.as_str(), task_id]))
+            .and_then(|mut s| s.execute(params![id.as_str(), shown.as_str(), task_id, now]))
             .map_err(backend)?;
         }
         Target::Create(new) => {
             let inserted = conn
                 .prepare_cached(
-                    "INSERT INTO resources (id, account_id, kind, region, state, attrs, created_at, active_task, last_task)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT DO NOTHING",
+                    "INSERT INTO resources (id, account_id, kind, region, state, attrs, created_at, active_task, last_task, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?7) ON CONFLICT DO NOTHING",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -257,8 +293,8 @@ fn plan_one(
         }
     }
     conn.prepare_cached(
-        "INSERT INTO tasks (id, account_id, group_id, action, resource_id, region, params, effect, prior_state, state, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'QUEUED', ?10)",
+        "INSERT INTO tasks (id, account_id, group_id, action, resource_id, region, params, effect, prior_state, state, created_at, allowed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'QUEUED', ?10, ?11)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -271,119 +307,633 @@ fn plan_one(
             planned.params.to_string(),
             effect_to_json(&planned.effect).to_string(),
             prior_state.as_str(),
-            now
+            now,
+            allowed
         ])
     })
     .map_err(backend)?;
-    Ok(Ok(task))
+    Ok(Ok((task, !waits)))
 }
 
 pub fn claim(
     conn: &Connection,
+    state: &mut WriterState,
     task: RequestId,
-    now: UnixMillis,
+    lease: &Lease,
 ) -> StoreResult<Option<ClaimedTask>> {
-    let sql = format!(
-        "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1, started_at = ?2
-         WHERE id = ?1 AND state = 'QUEUED' RETURNING {TASK_COLUMNS}"
-    );
+    let fence = state.allocate_fence();
+    // Only the head of its resource's queue, and only once its backoff has passed.
     let claimed = conn
-        .prepare_cached(&sql)
+        .prepare_cached(
+            "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
+                 started_at = COALESCE(started_at, ?2), lease_owner = ?3,
+                 lease_expires_at = ?4, fence = ?5
+             WHERE id = ?1 AND state = 'QUEUED' AND not_before <= ?2
+               AND id = (SELECT active_task FROM resources r WHERE r.id = tasks.resource_id)
+             RETURNING resource_id",
+        )
         .and_then(|mut s| {
-            s.query_row(params![task.get() as i64, now], task_from_row)
-                .optional()
+            s.query_row(
+                params![
+                    task.get() as i64,
+                    lease.now,
+                    lease.owner,
+                    lease.expires_at,
+                    fence as i64
+                ],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
         })
         .map_err(backend)?;
-    let Some(task) = claimed else {
+    let Some(resource) = claimed else {
         return Ok(None);
     };
+    let record = task_by_id(conn, task)?;
     let attrs: String = conn
         .prepare_cached("SELECT attrs FROM resources WHERE id = ?1")
-        .and_then(|mut s| s.query_row([task.resource.as_str()], |r| r.get(0)))
+        .and_then(|mut s| s.query_row([resource], |r| r.get(0)))
         .map_err(backend)?;
     Ok(Some(ClaimedTask {
-        task,
+        task: record,
+        fence,
         resource_attrs: parse_object(&attrs)?,
     }))
+}
+
+fn task_by_id(conn: &Connection, task: RequestId) -> StoreResult<TaskRecord> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| s.query_row([task.get() as i64], task_from_row))
+        .map_err(backend)
+}
+
+pub fn renew(
+    conn: &Connection,
+    task: RequestId,
+    fence: Fence,
+    expires_at: UnixMillis,
+) -> StoreResult<LeaseStatus> {
+    let held: Option<bool> = conn
+        .prepare_cached(
+            "UPDATE tasks SET lease_expires_at = ?3
+             WHERE id = ?1 AND fence = ?2 AND state = 'RUNNING' RETURNING cancel_requested",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![task.get() as i64, fence as i64, expires_at],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(backend)?;
+    Ok(match held {
+        Some(cancel_requested) => LeaseStatus::Held { cancel_requested },
+        None => LeaseStatus::Lost,
+    })
+}
+
+/// What the store keeps of an unfinished task to finish it.
+struct Unfinished {
+    id: i64,
+    account: i64,
+    resource: String,
+    action: String,
+    effect: Effect,
+    prior_state: String,
+    state: String,
+    fence: i64,
+    cancel_requested: bool,
+}
+
+fn unfinished(conn: &Connection, task: i64) -> StoreResult<Option<Unfinished>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT account_id, resource_id, action, effect, prior_state, state, fence,
+                    cancel_requested
+             FROM tasks WHERE id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([task], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, bool>(7)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    row.map(
+        |(account, resource, action, effect, prior_state, state, fence, cancel_requested)| {
+            Ok(Unfinished {
+                id: task,
+                account,
+                resource,
+                action,
+                effect: effect_from_json(&effect)?,
+                prior_state,
+                state,
+                fence,
+                cancel_requested,
+            })
+        },
+    )
+    .transpose()
 }
 
 pub fn complete(
     conn: &Connection,
     task: RequestId,
-    outcome: &TaskOutcome,
+    fence: Fence,
+    outcome: TaskOutcome,
     now: UnixMillis,
-) -> StoreResult<()> {
-    let id = task.get() as i64;
-    let found: Option<(String, String, String, String)> = conn
-        .prepare_cached("SELECT resource_id, effect, prior_state, state FROM tasks WHERE id = ?1")
-        .and_then(|mut s| {
-            s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .optional()
-        })
-        .map_err(backend)?;
-    let Some((resource, effect, prior, state)) = found else {
+) -> StoreResult<Completion> {
+    let Some(found) = unfinished(conn, task.get() as i64)? else {
         return Err(StoreError::NotFound(format!("task {task}")));
     };
-    if state != "RUNNING" {
-        // Only a running task has an outcome to record; anything else is a stale call.
-        tracing::warn!(%task, state, "ignored the outcome of a task that is not running");
-        return Ok(());
+    if found.state != "RUNNING" || found.fence != fence as i64 {
+        // A worker whose lease was taken over: its outcome must not count.
+        conn.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'fenced_completions'",
+            [],
+        )
+        .map_err(backend)?;
+        tracing::warn!(%task, fence, current = found.fence, state = found.state,
+            "refused the outcome of a worker that no longer holds the task");
+        return Ok(Completion::Fenced);
     }
-    let effect = effect_from_json(&effect)?;
-    let succeeded = matches!(outcome, TaskOutcome::Succeeded { .. });
-    let (error_code, error_message, result) = match outcome {
-        TaskOutcome::Succeeded { result } => (None, None, result.as_ref().map(Value::to_string)),
-        TaskOutcome::Failed(error) => (Some(error.code), Some(error.message.as_str()), None),
+    let outcome = match outcome {
+        // A cancel asked for while it ran wins over another attempt.
+        TaskOutcome::Retry { error, .. } if found.cancel_requested => TaskOutcome::Canceled {
+            message: format!(
+                "canceled while running (the attempt failed: {})",
+                error.message
+            ),
+        },
+        other => other,
+    };
+    if let TaskOutcome::Retry { error, not_before } = outcome {
+        conn.prepare_cached(
+            "UPDATE tasks SET state = 'QUEUED', not_before = ?2, error_code = ?3,
+                 error_message = ?4, lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![found.id, not_before, error.code, error.message]))
+        .map_err(backend)?;
+        return Ok(Completion::Recorded {
+            runnable: vec![Runnable { task, not_before }],
+        });
+    }
+    let runnable = finish(conn, &found, Ending::from(outcome), now)?;
+    Ok(Completion::Recorded { runnable })
+}
+
+/// How an unfinished task ends.
+enum Ending {
+    Succeeded(Option<Value>),
+    Failed(TaskError),
+    Canceled(TaskError),
+}
+
+impl From<TaskOutcome> for Ending {
+    fn from(outcome: TaskOutcome) -> Self {
+        match outcome {
+            TaskOutcome::Succeeded { result } => Self::Succeeded(result),
+            TaskOutcome::Failed(error) | TaskOutcome::Retry { error, .. } => Self::Failed(error),
+            TaskOutcome::Canceled { message } => {
+                Self::Canceled(TaskError::operation_failed(message))
+            }
+        }
+    }
+}
+
+impl Ending {
+    fn state(&self) -> TaskState {
+        match self {
+            Self::Succeeded(_) => TaskState::Succeeded,
+            Self::Failed(_) => TaskState::Failed,
+            Self::Canceled(_) => TaskState::Canceled,
+        }
+    }
+}
+
+/// Makes a task final. If it held its resource, applies its effect and moves the
+/// resource's queue on; returns the task that can run next, if any.
+fn finish(
+    conn: &Connection,
+    task: &Unfinished,
+    ending: Ending,
+    now: UnixMillis,
+) -> StoreResult<Vec<Runnable>> {
+    let state = ending.state();
+    let (error, result) = match &ending {
+        Ending::Succeeded(result) => (None, result.as_ref().map(Value::to_string)),
+        Ending::Failed(error) | Ending::Canceled(error) => (Some(error), None),
     };
     conn.prepare_cached(
-        "UPDATE tasks SET state = ?2, finished_at = ?3, error_code = ?4, error_message = ?5, result = ?6 WHERE id = ?1",
+        "UPDATE tasks SET state = ?2, finished_at = ?3, error_code = ?4, error_message = ?5,
+             result = ?6, lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
+         WHERE id = ?1",
     )
     .and_then(|mut s| {
-        s.execute(params![id, outcome.state().as_str(), now, error_code, error_message, result])
+        s.execute(params![
+            task.id,
+            state.as_str(),
+            now,
+            error.map(|e| e.code),
+            error.map(|e| e.message.as_str()),
+            result
+        ])
     })
     .map_err(backend)?;
-    let final_state = effect.final_state(&ResourceState(prior), succeeded);
-    let patch = if succeeded && !effect.patch.is_empty() {
-        Some(Value::Object(effect.patch).to_string())
+    let succeeded = state == TaskState::Succeeded;
+    let final_state = task
+        .effect
+        .final_state(&ResourceState(task.prior_state.clone()), succeeded);
+    let patch = if succeeded && !task.effect.patch.is_empty() {
+        Some(Value::Object(task.effect.patch.clone()).to_string())
     } else {
         None
     };
+    let released = conn
+        .prepare_cached(
+            "UPDATE resources SET state = ?2, active_task = NULL, updated_at = ?5,
+                 attrs = CASE WHEN ?3 IS NULL THEN attrs ELSE json_patch(attrs, ?3) END
+             WHERE id = ?1 AND active_task = ?4",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                task.resource,
+                final_state.as_str(),
+                patch,
+                task.id,
+                now
+            ])
+        })
+        .map_err(backend)?;
+    if released == 0 {
+        // It was waiting behind another task: the queue is unchanged.
+        return Ok(Vec::new());
+    }
+    let failure = (state == TaskState::Failed).then(|| format!(
+        "canceled: task {} ({}) ahead of it on {} failed",
+        task.id, task.action, task.resource
+    ));
+    advance_queue(conn, task.account, &task.resource, task.id, failure, now)
+}
+
+/// Hands a released resource to the next task waiting for it. After a failure the
+/// waiting tasks are canceled with `failure` as their message: they were submitted
+/// expecting the one ahead to succeed. A task whose precondition no longer holds fails
+/// (and so cancels the ones behind it).
+fn advance_queue(
+    conn: &Connection,
+    account: i64,
+    resource: &str,
+    after: i64,
+    mut failure: Option<String>,
+    now: UnixMillis,
+) -> StoreResult<Vec<Runnable>> {
+    let mut after = after;
+    loop {
+        let next: Option<(i64, String, Option<String>, String)> = conn
+            .prepare_cached(
+                "SELECT id, action, allowed, effect FROM tasks
+                 WHERE account_id = ?1 AND resource_id = ?2 AND id > ?3 AND state = 'QUEUED'
+                 ORDER BY id LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![account, resource, after], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()
+            })
+            .map_err(backend)?;
+        let Some((next, action, allowed, effect)) = next else {
+            return Ok(Vec::new());
+        };
+        after = next;
+        if let Some(message) = &failure {
+            end_waiting(conn, next, TaskState::Canceled, message, now)?;
+            continue;
+        }
+        let current: String = conn
+            .prepare_cached("SELECT state FROM resources WHERE id = ?1")
+            .and_then(|mut s| s.query_row([resource], |r| r.get(0)))
+            .map_err(backend)?;
+        let allowed: Vec<String> = match allowed {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| StoreError::Backend(format!("corrupt allowed states: {e}")))?,
+            None => Vec::new(),
+        };
+        if !allowed.is_empty() && !allowed.contains(&current) {
+            let message = format!(
+                "{resource} was {current} when task {next} reached the head of its queue; \
+                 {action} needs it to be {}",
+                allowed.join(" or ")
+            );
+            end_waiting(conn, next, TaskState::Failed, &message, now)?;
+            failure = Some(format!(
+                "canceled: task {next} ({action}) ahead of it on {resource} failed"
+            ));
+            continue;
+        }
+        let effect = effect_from_json(&effect)?;
+        let shown = effect.transitional.map_or(current.clone(), |s| s.0);
+        conn.prepare_cached(
+            "UPDATE resources SET state = ?2, active_task = ?3, updated_at = ?4 WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![resource, shown, next, now]))
+        .map_err(backend)?;
+        conn.prepare_cached("UPDATE tasks SET prior_state = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![next, current]))
+            .map_err(backend)?;
+        return Ok(vec![Runnable {
+            task: stored_id(next)?,
+            not_before: now,
+        }]);
+    }
+}
+
+/// Ends a task that never held its resource.
+fn end_waiting(
+    conn: &Connection,
+    task: i64,
+    state: TaskState,
+    message: &str,
+    now: UnixMillis,
+) -> StoreResult<()> {
     conn.prepare_cached(
-        "UPDATE resources SET state = ?2, active_task = NULL,
-             attrs = CASE WHEN ?3 IS NULL THEN attrs ELSE json_patch(attrs, ?3) END
-         WHERE id = ?1 AND active_task = ?4",
+        "UPDATE tasks SET state = ?2, finished_at = ?3, error_code = ?4, error_message = ?5
+         WHERE id = ?1",
     )
-    .and_then(|mut s| s.execute(params![resource, final_state.as_str(), patch, id]))
+    .and_then(|mut s| {
+        s.execute(params![
+            task,
+            state.as_str(),
+            now,
+            TaskError::OPERATION_FAILED,
+            message
+        ])
+    })
     .map_err(backend)?;
     Ok(())
 }
 
-pub fn recover(conn: &Connection) -> StoreResult<Vec<RequestId>> {
-    let requeued = conn
-        .execute(
-            "UPDATE tasks SET state = 'QUEUED' WHERE state = 'RUNNING'",
-            [],
-        )
-        .map_err(backend)?;
-    if requeued > 0 {
+fn stored_id(id: i64) -> StoreResult<RequestId> {
+    RequestId::new(id as u64).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+pub fn release(
+    conn: &Connection,
+    task: RequestId,
+    fence: Fence,
+    now: UnixMillis,
+) -> StoreResult<bool> {
+    let Some(found) = unfinished(conn, task.get() as i64)? else {
+        return Ok(false);
+    };
+    if found.state != "RUNNING" || found.fence != fence as i64 {
+        return Ok(false);
+    }
+    requeue(conn, &found, now)?;
+    Ok(true)
+}
+
+/// Puts a RUNNING task back in the queue, runnable now; a task whose cancel was asked
+/// for ends CANCELED instead. Returns what can run.
+fn requeue(conn: &Connection, task: &Unfinished, now: UnixMillis) -> StoreResult<Vec<Runnable>> {
+    if task.cancel_requested {
+        let ending = Ending::Canceled(TaskError::operation_failed(
+            "canceled: its worker stopped before it finished",
+        ));
+        return finish(conn, task, ending, now);
+    }
+    conn.prepare_cached(
+        "UPDATE tasks SET state = 'QUEUED', not_before = ?2, lease_owner = NULL,
+             lease_expires_at = NULL
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![task.id, now]))
+    .map_err(backend)?;
+    Ok(vec![Runnable {
+        task: stored_id(task.id)?,
+        not_before: now,
+    }])
+}
+
+pub fn rescue(
+    conn: &Connection,
+    now: UnixMillis,
+    keep: &[RequestId],
+) -> StoreResult<Vec<Runnable>> {
+    let expired = ids_of(
+        conn,
+        "SELECT id FROM tasks WHERE state = 'RUNNING' AND lease_expires_at < ?1 ORDER BY id",
+        params![now],
+    )?;
+    let mut runnable = Vec::new();
+    for id in expired {
+        if keep.iter().any(|k| k.get() as i64 == id) {
+            continue;
+        }
+        if let Some(task) = unfinished(conn, id)? {
+            tracing::warn!(task = id, "lease expired; the task goes back to the queue");
+            runnable.extend(requeue(conn, &task, now)?);
+        }
+    }
+    Ok(runnable)
+}
+
+pub fn recover(conn: &Connection, now: UnixMillis) -> StoreResult<Vec<Runnable>> {
+    let running = ids_of(
+        conn,
+        "SELECT id FROM tasks WHERE state = 'RUNNING' ORDER BY id",
+        [],
+    )?;
+    if !running.is_empty() {
         tracing::warn!(
-            requeued,
+            requeued = running.len(),
             "tasks that were running when the last process stopped will run again"
         );
     }
+    for id in running {
+        if let Some(task) = unfinished(conn, id)? {
+            requeue(conn, &task, now)?;
+        }
+    }
     let mut stmt = conn
-        .prepare("SELECT id FROM tasks WHERE state IN ('QUEUED', 'RUNNING') ORDER BY id")
+        .prepare(
+            "SELECT t.id, t.not_before FROM tasks t JOIN resources r ON r.active_task = t.id
+             WHERE t.state = 'QUEUED' ORDER BY t.id",
+        )
         .map_err(backend)?;
-    let ids = stmt
-        .query_map([], |r| r.get::<_, i64>(0))
-        .map_err(backend)?
-        .map(|id| {
-            id.map_err(backend).and_then(|id| {
-                RequestId::new(id as u64).map_err(|e| StoreError::Backend(e.to_string()))
-            })
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(backend)?;
+    rows.map(|row| {
+        let (id, not_before) = row.map_err(backend)?;
+        Ok(Runnable {
+            task: stored_id(id)?,
+            not_before,
         })
-        .collect();
+    })
+    .collect()
+}
+
+fn ids_of(conn: &Connection, sql: &str, args: impl r2d2_sqlite::rusqlite::Params) -> StoreResult<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let ids = stmt
+        .query_map(args, |r| r.get::<_, i64>(0))
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend);
     ids
+}
+
+pub fn cancel(
+    conn: &Connection,
+    account: AccountId,
+    id: RequestId,
+    now: UnixMillis,
+) -> StoreResult<Option<Cancellation>> {
+    let key = id.get() as i64;
+    let mut ids = ids_of(
+        conn,
+        "SELECT id FROM tasks WHERE id = ?1 AND account_id = ?2",
+        params![key, account.0],
+    )?;
+    if ids.is_empty() {
+        ids = ids_of(
+            conn,
+            "SELECT t.id FROM tasks t JOIN task_groups g ON g.id = t.group_id
+             WHERE g.id = ?1 AND g.account_id = ?2 ORDER BY t.id",
+            params![key, account.0],
+        )?;
+        if ids.is_empty() {
+            return Ok(None);
+        }
+    }
+    let mut outcomes = Vec::with_capacity(ids.len());
+    let mut runnable = Vec::new();
+    for task in ids {
+        let found = unfinished(conn, task)?
+            .ok_or_else(|| StoreError::Backend(format!("task {task} vanished")))?;
+        let outcome = match found.state.as_str() {
+            "RUNNING" => {
+                conn.prepare_cached("UPDATE tasks SET cancel_requested = 1 WHERE id = ?1")
+                    .and_then(|mut s| s.execute([task]))
+                    .map_err(backend)?;
+                CancelOutcome::Requested
+            }
+            "QUEUED" => {
+                let ending = Ending::Canceled(TaskError::operation_failed(
+                    "canceled by request before it started",
+                ));
+                runnable.extend(finish(conn, &found, ending, now)?);
+                CancelOutcome::Canceled
+            }
+            _ => CancelOutcome::TooLate,
+        };
+        outcomes.push((stored_id(task)?, outcome));
+    }
+    // A task released by one cancel may itself be canceled later in the same group.
+    runnable.retain(|r| {
+        !outcomes
+            .iter()
+            .any(|(task, outcome)| *task == r.task && *outcome == CancelOutcome::Canceled)
+    });
+    let tasks = outcomes
+        .into_iter()
+        .map(|(task, outcome)| Ok((task_by_id(conn, task)?, outcome)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Some(Cancellation { tasks, runnable }))
+}
+
+pub fn purge(conn: &Connection, retention: &Retention) -> StoreResult<PurgeReport> {
+    let batch = i64::from(retention.batch.max(1));
+    let mut report = PurgeReport::default();
+
+    let finished: Vec<(i64, i64, Option<i64>)> = {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, account_id, group_id FROM tasks
+                 WHERE finished_at IS NOT NULL AND finished_at < ?1
+                 ORDER BY finished_at LIMIT ?2",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![retention.tasks_finished_before, batch], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
+        rows
+    };
+    report.tasks = finished.len() as u64;
+    for (task, account, group) in &finished {
+        conn.prepare_cached("DELETE FROM tasks WHERE id = ?1")
+            .and_then(|mut s| s.execute([task]))
+            .map_err(backend)?;
+        let mut purged = *task;
+        if let Some(group) = group {
+            let deleted = conn
+                .prepare_cached(
+                    "DELETE FROM task_groups WHERE id = ?1
+                     AND NOT EXISTS (SELECT 1 FROM tasks WHERE group_id = ?1)",
+                )
+                .and_then(|mut s| s.execute([group]))
+                .map_err(backend)?;
+            report.groups += deleted as u64;
+            purged = purged.max(*group);
+        }
+        conn.prepare_cached(
+            "UPDATE accounts SET purged_up_to = MAX(purged_up_to, ?2) WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![account, purged]))
+        .map_err(backend)?;
+    }
+
+    report.nonces = conn
+        .prepare_cached(
+            "DELETE FROM nonces WHERE (secret_id, nonce) IN
+             (SELECT secret_id, nonce FROM nonces WHERE expires_at < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![retention.nonces_expired_before, batch]))
+        .map_err(backend)? as u64;
+    report.tokens = conn
+        .prepare_cached(
+            "DELETE FROM client_tokens WHERE (account_id, token) IN
+             (SELECT account_id, token FROM client_tokens WHERE created_at < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![retention.tokens_created_before, batch]))
+        .map_err(backend)? as u64;
+    let mut full = [report.tasks, report.nonces, report.tokens]
+        .iter()
+        .any(|n| *n as i64 >= batch);
+    for rule in &retention.resources {
+        let deleted = conn
+            .prepare_cached(
+                "DELETE FROM resources WHERE id IN
+                 (SELECT id FROM resources WHERE kind = ?1 AND state = ?2 AND updated_at < ?3
+                    AND active_task IS NULL LIMIT ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![rule.kind, rule.state.as_str(), rule.idle_before, batch])
+            })
+            .map_err(backend)? as u64;
+        full |= deleted as i64 >= batch;
+        report.resources += deleted;
+    }
+    report.more = full;
+    Ok(report)
 }
 
 pub fn create_account(conn: &Connection, name: &str, now: UnixMillis) -> StoreResult<AccountId> {
@@ -428,7 +978,7 @@ fn effect_to_json(effect: &Effect) -> Value {
     })
 }
 
-fn effect_from_json(text: &str) -> StoreResult<Effect> {
+pub fn effect_from_json(text: &str) -> StoreResult<Effect> {
     let value = parse_object(text)?;
     let state = |key: &str| {
         value

@@ -59,21 +59,58 @@ pub trait Store: Send + Sync + 'static {
     /// the report, not errors.
     async fn submit(&self, submission: Submission) -> StoreResult<Submitted>;
 
-    /// Moves a QUEUED task to RUNNING and counts the attempt. `None` when the task is not
-    /// QUEUED (already claimed or final).
-    async fn claim(&self, task: RequestId, now: UnixMillis) -> StoreResult<Option<ClaimedTask>>;
+    /// Moves a runnable QUEUED task (at the head of its resource's queue, due) to
+    /// RUNNING under `lease`, counts the attempt and draws a new fencing token. `None`
+    /// when the task is not claimable (already claimed, final, waiting or not due).
+    async fn claim(&self, task: RequestId, lease: Lease) -> StoreResult<Option<ClaimedTask>>;
 
-    /// Records a RUNNING task's outcome and applies its effect to the resource.
+    /// Extends the lease of a running task, if `fence` still holds it.
+    async fn renew(
+        &self,
+        task: RequestId,
+        fence: Fence,
+        expires_at: UnixMillis,
+    ) -> StoreResult<LeaseStatus>;
+
+    /// Records a RUNNING task's outcome, if `fence` still holds it, and applies its
+    /// effect to the resource (or puts it back in the queue for a retry).
     async fn complete(
         &self,
         task: RequestId,
+        fence: Fence,
         outcome: TaskOutcome,
         now: UnixMillis,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Completion>;
 
-    /// At start-up: puts tasks left RUNNING by a previous process back to QUEUED and
-    /// returns every QUEUED task in submission order.
-    async fn recover(&self) -> StoreResult<Vec<RequestId>>;
+    /// Gives a running task back to the queue without counting an outcome (shutdown, or
+    /// a worker that lost its lease): runnable at once. False when `fence` no longer
+    /// holds the task.
+    async fn release(&self, task: RequestId, fence: Fence, now: UnixMillis) -> StoreResult<bool>;
+
+    /// Puts RUNNING tasks whose lease expired before `now` back to QUEUED, except those
+    /// in `keep` (tasks this process still runs); returns them.
+    async fn rescue(
+        &self,
+        now: UnixMillis,
+        keep: Vec<RequestId>,
+    ) -> StoreResult<Vec<Runnable>>;
+
+    /// At start-up, with the store held exclusively: puts every RUNNING task back to
+    /// QUEUED and returns every runnable QUEUED task in submission order.
+    async fn recover(&self, now: UnixMillis) -> StoreResult<Vec<Runnable>>;
+
+    /// Cancels the task `id`, or every unfinished task of the group `id`. `None` when
+    /// the account has no such task or group.
+    async fn cancel(
+        &self,
+        account: AccountId,
+        id: RequestId,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Cancellation>>;
+
+    /// Deletes one batch of what `retention` says has expired. Callers repeat while the
+    /// report says a batch was full.
+    async fn purge(&self, retention: Retention) -> StoreResult<PurgeReport>;
 
     // --- reads ---
 
@@ -81,6 +118,11 @@ pub trait Store: Send + Sync + 'static {
     async fn task(&self, account: AccountId, id: RequestId) -> StoreResult<Option<TaskRecord>>;
     /// A chain (or any group of tasks one call created) with its tasks.
     async fn group(&self, account: AccountId, id: RequestId) -> StoreResult<Option<GroupRecord>>;
+    /// Whether `id` may have been one of the account's tasks or groups that retention
+    /// deleted (it is at or below the highest ID purged for the account).
+    async fn purged(&self, account: AccountId, id: RequestId) -> StoreResult<bool>;
+    /// Engine-wide counters.
+    async fn stats(&self) -> StoreResult<StoreStats>;
     async fn tasks(
         &self,
         account: AccountId,
@@ -131,6 +173,9 @@ pub struct IdempotencyKey {
     pub token: String,
     /// A digest of the action and its parameters.
     pub fingerprint: String,
+    /// Earlier uses of the token count only from this time (24 hours ago): an older
+    /// use is forgotten and the token starts afresh.
+    pub valid_from: UnixMillis,
 }
 
 /// Everything one mutating request commits.
@@ -154,6 +199,18 @@ pub struct PlannedTask {
     /// The task's parameters, secrets already removed.
     pub params: Value,
     pub effect: Effect,
+    pub on_busy: OnBusy,
+}
+
+/// What a submission does with an existing resource that has an unfinished task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnBusy {
+    /// Refuse the new operation (the legacy API's behaviour).
+    #[default]
+    Refuse,
+    /// Queue it behind the unfinished ones (FIFO per resource). Its state precondition
+    /// is checked when it reaches the head of the queue.
+    Queue,
 }
 
 #[derive(Debug, Clone)]
@@ -202,34 +259,137 @@ impl SubmitReport {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
-    /// Committed now: `tasks` are QUEUED and must be dispatched.
+    /// Committed now: the accepted tasks are QUEUED; `runnable` ones must be dispatched
+    /// (the others wait behind a busy resource).
     New {
         report: SubmitReport,
         answer: String,
+        runnable: Vec<RequestId>,
     },
     /// The same request was answered before (a resent nonce or a repeated client
     /// token): nothing new was created.
     Repeated { answer: String },
 }
 
+/// A fencing token: drawn anew, larger than every earlier one, at each claim. Only the
+/// holder of a task's current token may renew its lease or record its outcome.
+pub type Fence = u64;
+
+/// A lease a worker asks for when it claims a task.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// Who holds it (the qtask node's name), for operators.
+    pub owner: String,
+    pub now: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// Still held; `cancel_requested` tells the worker to stop the executor.
+    Held { cancel_requested: bool },
+    /// Another claim (or a rescue, a cancel) took the task: stop and record nothing.
+    Lost,
+}
+
 /// A claimed task with a snapshot of its resource, for the executor.
 #[derive(Debug, Clone)]
 pub struct ClaimedTask {
     pub task: TaskRecord,
+    pub fence: Fence,
     pub resource_attrs: Map<String, Value>,
+}
+
+/// A QUEUED task that can run now or from `not_before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Runnable {
+    pub task: RequestId,
+    pub not_before: UnixMillis,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskOutcome {
-    Succeeded { result: Option<Value> },
+    Succeeded {
+        result: Option<Value>,
+    },
     Failed(TaskError),
+    /// Failed, but another attempt will run from `not_before`; `error` stays visible
+    /// as the last error meanwhile.
+    Retry {
+        error: TaskError,
+        not_before: UnixMillis,
+    },
+    /// The executor stopped because a cancel was requested.
+    Canceled {
+        message: String,
+    },
 }
 
-impl TaskOutcome {
-    pub fn state(&self) -> TaskState {
-        match self {
-            Self::Succeeded { .. } => TaskState::Succeeded,
-            Self::Failed(_) => TaskState::Failed,
-        }
-    }
+/// What recording an outcome did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completion {
+    /// Recorded. `runnable`: tasks that can run now (the next task of the resource's
+    /// queue, or this task again for a retry).
+    Recorded { runnable: Vec<Runnable> },
+    /// Refused: the fence no longer holds the task (its lease was taken over). The
+    /// refusal is counted in [`StoreStats::fenced_completions`].
+    Fenced,
+}
+
+/// What a cancel did to each task it named.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cancellation {
+    pub tasks: Vec<(TaskRecord, CancelOutcome)>,
+    /// Tasks that can run now (queued behind a canceled one).
+    pub runnable: Vec<Runnable>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It had not started: it is CANCELED and its resource released.
+    Canceled,
+    /// It is running: its worker is told; it ends CANCELED or reaches its own end.
+    Requested,
+    /// It was already final.
+    TooLate,
+}
+
+/// What retention deletes. Each kind is deleted in batches of at most `batch` rows.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Final tasks that finished before this (and groups left without tasks).
+    pub tasks_finished_before: UnixMillis,
+    /// Nonces whose request timestamp left the validity window.
+    pub nonces_expired_before: UnixMillis,
+    /// Client tokens first used before this.
+    pub tokens_created_before: UnixMillis,
+    /// Idle resources of `kind` in `state` since before `before` (returned instances).
+    pub resources: Vec<ResourceRetention>,
+    pub batch: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResourceRetention {
+    pub kind: String,
+    pub state: ResourceState,
+    pub idle_before: UnixMillis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub tasks: u64,
+    pub groups: u64,
+    pub nonces: u64,
+    pub tokens: u64,
+    pub resources: u64,
+    /// Some kind filled its batch: there may be more to delete.
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Tasks by state name.
+    pub tasks: Vec<(TaskState, u64)>,
+    /// Outcomes refused because their worker had lost its lease, ever.
+    pub fenced_completions: u64,
 }

@@ -1,7 +1,7 @@
 //! What reads return, and the filters they take.
 
 use qtask_core::{
-    AccountId, Region, RequestId, ResourceId, ResourceState, SecretId, TaskError, TaskState,
+    AccountId, Effect, Region, RequestId, ResourceId, ResourceState, SecretId, TaskError, TaskState,
     UnixMillis,
 };
 use serde_json::{Map, Value};
@@ -37,8 +37,33 @@ pub struct TaskRecord {
     pub created_at: UnixMillis,
     pub started_at: Option<UnixMillis>,
     pub finished_at: Option<UnixMillis>,
+    /// The error of a failed task, or the last error of a task waiting to retry.
     pub error: Option<TaskError>,
     pub result: Option<Value>,
+    /// What the task does to its resource.
+    pub effect: Effect,
+    pub run: RunInfo,
+}
+
+/// Where an unfinished task stands in the engine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunInfo {
+    /// A QUEUED task waiting to retry: when the next attempt may start.
+    pub next_attempt_at: Option<UnixMillis>,
+    /// A RUNNING task's lease.
+    pub lease: Option<LeaseInfo>,
+    /// The fencing token of the latest claim (0 before the first).
+    pub fence: u64,
+    pub cancel_requested: bool,
+    /// A QUEUED task waiting behind another on its resource: that task, and how many
+    /// unfinished tasks are ahead of this one (1 = next).
+    pub blocked_by: Option<(RequestId, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseInfo {
+    pub owner: String,
+    pub expires_at: UnixMillis,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -6,15 +6,17 @@ use super::{
     ResourceType, Targets,
 };
 use crate::args::{ArgError, Args, MAX_BATCH_IDS};
+use crate::policy::Policy;
 use crate::{time, Answer, Call, EngineError};
 use qtask_core::ResourceState;
-use qtask_store::{ResourceFilter, ResourceRecord};
+use qtask_store::{OnBusy, ResourceFilter, ResourceRecord};
 use serde_json::{json, Map, Value};
 
 pub static INSTANCE: ResourceType = ResourceType {
     kind: "instance",
     noun: "instance",
     prefix: "ins",
+    retired_state: Some(RETURNED),
 };
 
 pub const PENDING: &str = "PENDING";
@@ -81,6 +83,7 @@ pub fn actions() -> Vec<ActionSpec> {
         on_failure: None,
         sim_seconds: 1.0,
         prepare,
+        policy: Policy::default(),
     };
     vec![
         ActionSpec {
@@ -215,6 +218,11 @@ pub fn actions() -> Vec<ActionSpec> {
             Operation {
                 allowed: SETTLED,
                 sim_seconds: 1.0,
+                // Renaming is safe behind any operation: it waits its turn.
+                policy: Policy {
+                    on_busy: OnBusy::Queue,
+                    ..Policy::default()
+                },
                 ..base(
                     "ModifyInstanceAttributes",
                     Targets::One("instanceId"),

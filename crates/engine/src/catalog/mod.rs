@@ -7,9 +7,13 @@
 //! executor only does the work.
 
 pub mod cvm;
+pub mod history;
 pub mod tasks;
 
 use crate::args::{ArgError, Args};
+use crate::dispatch::Dispatcher;
+use crate::maintenance::CLIENT_TOKEN_LIFETIME;
+use crate::policy::Policy;
 use crate::{Answer, Call, EngineError, Outcome, Refusal};
 use qtask_core::{Effect, RequestId, ResourceId, ResourceState};
 use qtask_store::{IdempotencyKey, NewResource, PlannedTask, Store, SubmitReport, Target};
@@ -28,18 +32,26 @@ pub const CLIENT_TOKEN: &str = "clientToken";
 pub struct QueryContext<'a> {
     pub store: &'a dyn Store,
     pub catalog: &'a Catalog,
+    pub dispatcher: &'a Dispatcher,
     pub call: &'a Call,
 }
 
 pub type QueryFn = for<'a> fn(QueryContext<'a>) -> BoxFuture<'a, Result<Answer, EngineError>>;
+
+/// Plans a mutating call from what the store holds (RetryTask).
+pub type ReplanFn = for<'a> fn(QueryContext<'a>) -> BoxFuture<'a, Result<Plan, EngineError>>;
 
 /// Prepares a mutating call: validates its own parameters and returns what the tasks
 /// store and do. May be slow (password hashing), so it is async.
 pub type PrepareFn = for<'a> fn(&'a Call) -> BoxFuture<'a, Result<Prepared, EngineError>>;
 
 pub enum Handler {
+    /// Answers at once: queries, and commands that create no task (CancelTask).
     Query(QueryFn),
+    /// Creates tasks, committed with the request's nonce before the answer.
     Mutate(Operation),
+    /// Creates tasks planned from stored ones (RetryTask).
+    Replan(ReplanFn),
 }
 
 pub struct ActionSpec {
@@ -53,7 +65,7 @@ impl ActionSpec {
     /// Refuses parameters the action does not know, so a typo is an error rather than a
     /// silently ignored setting.
     pub fn check_params(&self, params: &Map<String, Value>) -> Result<(), ArgError> {
-        let mutating = matches!(self.handler, Handler::Mutate(_));
+        let mutating = matches!(self.handler, Handler::Mutate(_) | Handler::Replan(_));
         for name in params.keys() {
             let known = self.params.contains(&name.as_str()) || (mutating && name == CLIENT_TOKEN);
             if !known {
@@ -83,6 +95,9 @@ pub struct ResourceType {
     pub kind: &'static str,
     pub noun: &'static str,
     pub prefix: &'static str,
+    /// The state of a resource that is gone for good (a returned instance): retention
+    /// deletes it after a grace period.
+    pub retired_state: Option<&'static str>,
 }
 
 /// Which resources a mutating action operates.
@@ -112,6 +127,8 @@ pub struct Operation {
     /// How long the simulated executor takes, at `--sim-speed 1`.
     pub sim_seconds: f64,
     pub prepare: PrepareFn,
+    /// Attempts, timeout, backoff, and what a busy resource does.
+    pub policy: Policy,
 }
 
 /// What an action's preparation yields.
@@ -127,6 +144,8 @@ pub struct Prepared {
 
 /// The tasks of one call, ready for the store.
 pub struct Plan {
+    /// The action the tasks run (for RetryTask, the retried one's).
+    pub action: String,
     pub tasks: Vec<PlannedTask>,
     pub idempotency: Option<IdempotencyKey>,
     pub shape: AnswerShape,
@@ -249,22 +268,18 @@ impl Operation {
                 .collect(),
         };
         let stored_params = Value::Object(prepared.stored_params);
-        let idempotency = args
-            .bounded_text(CLIENT_TOKEN, 64)?
-            .map(|token| IdempotencyKey {
-                token: token.to_owned(),
-                fingerprint: fingerprint(self.action, &stored_params),
-            });
         Ok(Plan {
+            action: self.action.to_owned(),
             tasks: targets
                 .into_iter()
                 .map(|target| PlannedTask {
                     target,
                     params: stored_params.clone(),
                     effect: effect.clone(),
+                    on_busy: self.policy.on_busy,
                 })
                 .collect(),
-            idempotency,
+            idempotency: idempotency_key(call, self.action, &stored_params)?,
             shape: AnswerShape {
                 action: self.action,
                 noun: self.resource.noun,
@@ -273,6 +288,24 @@ impl Operation {
             },
         })
     }
+}
+
+/// The call's client token, if it has one, with the digest that tells a repeat from a
+/// different request.
+pub fn idempotency_key(
+    call: &Call,
+    action: &str,
+    stored_params: &Value,
+) -> Result<Option<IdempotencyKey>, ArgError> {
+    Ok(Args(&call.params)
+        .bounded_text(CLIENT_TOKEN, 64)?
+        .map(|token| IdempotencyKey {
+            token: token.to_owned(),
+            fingerprint: fingerprint(action, stored_params),
+            valid_from: call
+                .now
+                .saturating_sub(CLIENT_TOKEN_LIFETIME.as_millis() as i64),
+        }))
 }
 
 /// A digest of an action and its stored parameters (secrets are not stored, so a
@@ -315,7 +348,11 @@ impl Catalog {
             actions: HashMap::new(),
             resource_types: Vec::new(),
         };
-        for spec in tasks::actions().into_iter().chain(cvm::actions()) {
+        for spec in tasks::actions()
+            .into_iter()
+            .chain(history::actions())
+            .chain(cvm::actions())
+        {
             catalog.add(spec);
         }
         catalog.resource_types.push(&cvm::INSTANCE);
@@ -334,8 +371,23 @@ impl Catalog {
     pub fn operation(&self, action: &str) -> Option<&Operation> {
         match &self.get(action)?.handler {
             Handler::Mutate(operation) => Some(operation),
-            Handler::Query(_) => None,
+            Handler::Query(_) | Handler::Replan(_) => None,
         }
+    }
+
+    /// Replaces an action's policy (from the configuration file).
+    pub fn set_policy(&mut self, action: &str, policy: Policy) -> Result<(), String> {
+        match self.actions.get_mut(action).map(|spec| &mut spec.handler) {
+            Some(Handler::Mutate(operation)) => {
+                operation.policy = policy;
+                Ok(())
+            }
+            _ => Err(format!("{action} is not an action that creates tasks")),
+        }
+    }
+
+    pub fn resource_types(&self) -> impl Iterator<Item = &'static ResourceType> + '_ {
+        self.resource_types.iter().copied()
     }
 
     /// Every action name, sorted.

@@ -1,11 +1,14 @@
 //! Task queries: `DescribeTaskResult` and the legacy per-product names that answer
 //! the same status integers, and `DescribeTasks`.
 
-use super::{parse_request_id, ActionSpec, BoxFuture, Handler, QueryContext, QueryFn};
+use super::{
+    idempotency_key, parse_request_id, ActionSpec, AnswerShape, BoxFuture, Handler, Plan,
+    QueryContext, QueryFn, Targets,
+};
 use crate::args::{ArgError, Args};
 use crate::{time, views, Answer, EngineError};
-use qtask_core::{ResourceId, TaskState};
-use qtask_store::{Page, TaskFilter};
+use qtask_core::{RequestId, ResourceId, ResourceState, TaskState};
+use qtask_store::{CancelOutcome, Page, PlannedTask, Target, TaskFilter, TaskRecord};
 use serde_json::{json, Map, Value};
 
 pub fn actions() -> Vec<ActionSpec> {
@@ -41,7 +44,141 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             |ctx| Box::pin(describe_tasks(ctx)),
         ),
+        query("CancelTask", &["requestId"], |ctx| Box::pin(cancel_task(ctx))),
+        ActionSpec {
+            name: "RetryTask",
+            params: &["requestId"],
+            handler: Handler::Replan(|ctx| Box::pin(retry_task(ctx))),
+        },
     ]
+}
+
+/// The error for an ID the account has no task or chain under: "expired" when
+/// retention may have deleted it, so the two cases read differently.
+pub async fn missing(ctx: &QueryContext<'_>, id: RequestId) -> EngineError {
+    match ctx.store.purged(ctx.call.account, id).await {
+        Ok(true) => EngineError::NotFound(format!(
+            "task {id} has expired: finished tasks are deleted after the retention period"
+        )),
+        Ok(false) => EngineError::NotFound(format!("task {id} does not exist")),
+        Err(error) => error.into(),
+    }
+}
+
+/// The tasks a request ID names: the task, or every task of the chain.
+async fn named_tasks(ctx: &QueryContext<'_>, id: RequestId) -> Result<Vec<TaskRecord>, EngineError> {
+    let account = ctx.call.account;
+    if let Some(task) = ctx.store.task(account, id).await? {
+        return Ok(vec![task]);
+    }
+    match ctx.store.group(account, id).await? {
+        Some(group) => Ok(group.tasks),
+        None => Err(missing(ctx, id).await),
+    }
+}
+
+async fn cancel_task(ctx: QueryContext<'_>) -> Result<Answer, EngineError> {
+    let id = parse_request_id(Args(&ctx.call.params), "requestId")?;
+    let Some(cancellation) = ctx.store.cancel(ctx.call.account, id, ctx.call.now).await? else {
+        return Err(missing(&ctx, id).await);
+    };
+    ctx.dispatcher.enqueue(cancellation.runnable);
+    let tasks: Vec<Value> = cancellation
+        .tasks
+        .iter()
+        .map(|(task, outcome)| {
+            let (name, message) = match outcome {
+                CancelOutcome::Canceled => ("canceled", "canceled before it started".to_owned()),
+                CancelOutcome::Requested => {
+                    ctx.dispatcher.signal_cancel(task.id);
+                    (
+                        "cancelRequested",
+                        "cancel requested while running: the executor is told; the task \
+                         ends CANCELED, or in its own end if it is past stopping"
+                            .to_owned(),
+                    )
+                }
+                CancelOutcome::TooLate => (
+                    "tooLate",
+                    format!("too late: the task had already ended {}", task.state),
+                ),
+            };
+            json!({
+                "requestId": task.id.to_string(),
+                "resourceId": task.resource.as_str(),
+                "action": task.action,
+                "cancel": name,
+                "state": task.state.as_str(),
+                "status": task.state.legacy_status(),
+                "message": message,
+            })
+        })
+        .collect();
+    let mut answer = Map::new();
+    answer.insert("requestId".into(), Value::String(id.to_string()));
+    answer.insert("tasks".into(), Value::Array(tasks));
+    Ok(Answer::Data(answer))
+}
+
+/// Plans new tasks for exactly the resources whose tasks failed or were canceled.
+async fn retry_task(ctx: QueryContext<'_>) -> Result<Plan, EngineError> {
+    let id = parse_request_id(Args(&ctx.call.params), "requestId")?;
+    let tasks = named_tasks(&ctx, id).await?;
+    let retried: Vec<&TaskRecord> = tasks
+        .iter()
+        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Canceled))
+        .collect();
+    let Some(first) = retried.first() else {
+        let states: Vec<&str> = tasks.iter().map(|t| t.state.as_str()).collect();
+        return Err(ArgError::new(
+            "requestId",
+            format!(
+                "names no failed or canceled task to retry (its tasks are {})",
+                states.join(", ")
+            ),
+        )
+        .into());
+    };
+    let operation = ctx.catalog.operation(&first.action).ok_or_else(|| {
+        EngineError::Internal(format!("{} is no longer in the catalog", first.action))
+    })?;
+    let planned = retried
+        .iter()
+        .map(|task| {
+            let mut effect = task.effect.clone();
+            let allowed = match operation.targets {
+                // A failed creation left the resource in its failure state: launch it
+                // again from there.
+                Targets::New { initial, .. } => {
+                    effect.transitional = Some(ResourceState::new(initial));
+                    operation.on_failure.iter().map(|s| ResourceState::new(s)).collect()
+                }
+                Targets::One(_) | Targets::Many(_) => {
+                    operation.allowed.iter().map(|s| ResourceState::new(s)).collect()
+                }
+            };
+            PlannedTask {
+                target: Target::Existing {
+                    id: task.resource.clone(),
+                    allowed,
+                },
+                params: task.params.clone(),
+                effect,
+                on_busy: operation.policy.on_busy,
+            }
+        })
+        .collect();
+    Ok(Plan {
+        action: operation.action.to_owned(),
+        tasks: planned,
+        idempotency: idempotency_key(ctx.call, "RetryTask", &json!({ "requestId": id.get() }))?,
+        shape: AnswerShape {
+            action: operation.action,
+            noun: operation.resource.noun,
+            prefix: operation.resource.prefix,
+            targets: Targets::Many("requestId"),
+        },
+    })
 }
 
 fn by_request_id(ctx: QueryContext<'_>) -> BoxFuture<'_, Result<Answer, EngineError>> {
@@ -62,7 +199,7 @@ async fn describe_result(
         Some(task) => views::task(&task),
         None => match ctx.store.group(account, id).await? {
             Some(group) => views::group(&group),
-            None => return Err(EngineError::NotFound(format!("task {id} does not exist"))),
+            None => return Err(missing(&ctx, id).await),
         },
     };
     let mut answer = Map::new();
