@@ -237,12 +237,18 @@ impl ServeConfig {
         }
         let or_file =
             |flags: Vec<String>, file: Vec<String>| if flags.is_empty() { file } else { flags };
-        let duration_or = |option: &str, flag: Option<String>, file: Option<String>, default: &str| {
-            positive_duration(option, &flag.or(file).unwrap_or_else(|| default.to_owned()))
-        };
+        let duration_or =
+            |option: &str, flag: Option<String>, file: Option<String>, default: &str| {
+                positive_duration(option, &flag.or(file).unwrap_or_else(|| default.to_owned()))
+            };
         let lease = duration_or("lease", args.lease, file.lease, "30s")?;
         let retention = RetentionSettings {
-            tasks: duration_or("task_retention", args.task_retention, file.task_retention, "7d")?,
+            tasks: duration_or(
+                "task_retention",
+                args.task_retention,
+                file.task_retention,
+                "7d",
+            )?,
             retired_resources: duration_or(
                 "retired_retention",
                 args.retired_retention,
@@ -367,7 +373,10 @@ mod tests {
             ..ServeArgs::default()
         })
         .unwrap_err();
-        assert!(error.to_string().contains("lease must be longer"), "{error}");
+        assert!(
+            error.to_string().contains("lease must be longer"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -77,8 +77,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     );
     // Cancelled at SIGINT/SIGTERM: the API answers 6200 and workers take no new task.
     let draining = CancellationToken::new();
-    let (dispatcher, pool) =
-        WorkerPool::start(worker, config.workers, draining.clone(), config.shutdown_grace);
+    let (dispatcher, pool) = WorkerPool::start(
+        worker,
+        config.workers,
+        draining.clone(),
+        config.shutdown_grace,
+    );
     let recovered = store
         .recover(now_millis())
         .await

@@ -14,9 +14,7 @@ use crate::executor::{ExecError, Executor};
 use crate::policy::Policy;
 use crate::time::now_millis;
 use qtask_core::{RequestId, TaskError};
-use qtask_store::{
-    Completion, Lease, LeaseStatus, Runnable, Store, StoreResult, TaskOutcome,
-};
+use qtask_store::{Completion, Lease, LeaseStatus, Runnable, Store, StoreResult, TaskOutcome};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -184,7 +182,10 @@ impl Worker {
             now,
             expires_at: now + self.settings.lease.as_millis() as i64,
         };
-        let claim = persist(stop, "claim", task, || self.store.claim(task, lease.clone())).await;
+        let claim = persist(stop, "claim", task, || {
+            self.store.claim(task, lease.clone())
+        })
+        .await;
         let Some(Some(claimed)) = claim else {
             return Step::NotClaimable;
         };
@@ -203,9 +204,7 @@ impl Worker {
         let mut execution = AbortOnDrop(tokio::spawn({
             let cancel = cancel.clone();
             let timeout = policy.timeout;
-            async move {
-                tokio::time::timeout(timeout, executor.execute(&claimed, &cancel)).await
-            }
+            async move { tokio::time::timeout(timeout, executor.execute(&claimed, &cancel)).await }
         }));
         let joined = tokio::select! {
             biased;

@@ -108,10 +108,9 @@ impl SimExecutor {
             .collect();
         let fail = format!("{FAIL_MARKER}{action}");
         if texts.iter().any(|text| text.contains(&fail)) {
-            return Some(ExecError::Fatal(self.fault(
-                task,
-                &format!("the resource's name contains {fail:?}"),
-            )));
+            return Some(ExecError::Fatal(
+                self.fault(task, &format!("the resource's name contains {fail:?}")),
+            ));
         }
         let flaky = format!("{FLAKY_MARKER}{action}");
         for text in &texts {
@@ -127,7 +126,10 @@ impl SimExecutor {
                 if task.task.attempts <= count {
                     return Some(ExecError::Retryable(self.fault(
                         task,
-                        &format!("attempt {} of the {count} that {flaky:?} fails", task.task.attempts),
+                        &format!(
+                            "attempt {} of the {count} that {flaky:?} fails",
+                            task.task.attempts
+                        ),
                     )));
                 }
             }
@@ -186,21 +188,41 @@ impl Executor for SimExecutor {
             return self.attempt(task, cancel).await;
         };
         journal.record("start", task, None);
+        // Written when the attempt is dropped unfinished (timeout, lost lease,
+        // shutdown), so an abandoned attempt still has an end.
+        let mut entry = JournalEntry {
+            journal,
+            task,
+            outcome: "aborted",
+        };
         let result = self.attempt(task, cancel).await;
-        let outcome = match &result {
+        entry.outcome = match &result {
             Ok(_) => "ok",
             Err(ExecError::Retryable(_)) => "retryable",
             Err(ExecError::Fatal(_)) => "fatal",
             Err(ExecError::Canceled(_)) => "canceled",
         };
-        journal.record("end", task, Some(outcome));
         result
+    }
+}
+
+/// Records an attempt's end when it goes out of scope, however it ends.
+struct JournalEntry<'a> {
+    journal: &'a Journal,
+    task: &'a ClaimedTask,
+    outcome: &'static str,
+}
+
+impl Drop for JournalEntry<'_> {
+    fn drop(&mut self) {
+        self.journal.record("end", self.task, Some(self.outcome));
     }
 }
 
 /// An append-only record of the simulator's attempts, one JSON object per line:
 /// `{"event":"start"|"end","task":…,"fence":…,"attempt":…,"pid":…,"at":<unix ms>}` (an
-/// `end` also has `"outcome"`). Each line is one `write` to a file opened for append,
+/// `end` also has `"outcome"`: ok, retryable, fatal, canceled, or aborted when the
+/// engine abandoned the attempt). Each line is one `write` to a file opened for append,
 /// so lines from concurrent attempts never interleave and survive a SIGKILL. The crash
 /// test reads it to count attempts that overlapped.
 struct Journal {

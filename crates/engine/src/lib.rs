@@ -24,9 +24,7 @@ use dispatch::Dispatcher;
 use qtask_core::{
     AccountId, Nonce, Region, Rejection, RequestId, ResourceId, SecretId, UnixMillis,
 };
-use qtask_store::{
-    NonceClaim, NonceOutcome, Runnable, Store, StoreError, Submission, Submitted,
-};
+use qtask_store::{NonceClaim, NonceOutcome, Runnable, Store, StoreError, Submission, Submitted};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -210,7 +208,12 @@ impl Engine {
 
     /// Commits a mutating call's tasks with its nonce, then hands the runnable ones to
     /// the workers.
-    async fn submit(&self, call: &Call, nonce: NonceClaim, mut plan: Plan) -> Result<Reply, EngineError> {
+    async fn submit(
+        &self,
+        call: &Call,
+        nonce: NonceClaim,
+        mut plan: Plan,
+    ) -> Result<Reply, EngineError> {
         let mut attempt = 0;
         let submitted = loop {
             let shape = plan.shape.clone();
@@ -241,10 +244,11 @@ impl Engine {
             Submitted::New {
                 answer, runnable, ..
             } => {
-                self.dispatcher.enqueue(runnable.into_iter().map(|task| Runnable {
-                    task,
-                    not_before: call.now,
-                }));
+                self.dispatcher
+                    .enqueue(runnable.into_iter().map(|task| Runnable {
+                        task,
+                        not_before: call.now,
+                    }));
                 Ok(Reply::Stored(answer))
             }
             Submitted::Repeated { answer } => Ok(Reply::Stored(answer)),

@@ -76,9 +76,7 @@ pub async fn purge_expired(
 ) -> qtask_store::StoreResult<PurgeReport> {
     let mut total = PurgeReport::default();
     loop {
-        let batch = store
-            .purge(settings.rules(catalog, now_millis()))
-            .await?;
+        let batch = store.purge(settings.rules(catalog, now_millis())).await?;
         total.tasks += batch.tasks;
         total.groups += batch.groups;
         total.nonces += batch.nonces;

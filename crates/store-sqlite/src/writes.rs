@@ -380,10 +380,9 @@ pub fn renew(
              WHERE id = ?1 AND fence = ?2 AND state = 'RUNNING' RETURNING cancel_requested",
         )
         .and_then(|mut s| {
-            s.query_row(
-                params![task.get() as i64, fence as i64, expires_at],
-                |r| r.get(0),
-            )
+            s.query_row(params![task.get() as i64, fence as i64, expires_at], |r| {
+                r.get(0)
+            })
             .optional()
         })
         .map_err(backend)?;
@@ -581,10 +580,12 @@ fn finish(
         // It was waiting behind another task: the queue is unchanged.
         return Ok(Vec::new());
     }
-    let failure = (state == TaskState::Failed).then(|| format!(
-        "canceled: task {} ({}) ahead of it on {} failed",
-        task.id, task.action, task.resource
-    ));
+    let failure = (state == TaskState::Failed).then(|| {
+        format!(
+            "canceled: task {} ({}) ahead of it on {} failed",
+            task.id, task.action, task.resource
+        )
+    });
     advance_queue(conn, task.account, &task.resource, task.id, failure, now)
 }
 
@@ -787,7 +788,11 @@ pub fn recover(conn: &Connection, now: UnixMillis) -> StoreResult<Vec<Runnable>>
     .collect()
 }
 
-fn ids_of(conn: &Connection, sql: &str, args: impl r2d2_sqlite::rusqlite::Params) -> StoreResult<Vec<i64>> {
+fn ids_of(
+    conn: &Connection,
+    sql: &str,
+    args: impl r2d2_sqlite::rusqlite::Params,
+) -> StoreResult<Vec<i64>> {
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
     let ids = stmt
         .query_map(args, |r| r.get::<_, i64>(0))
@@ -926,7 +931,12 @@ pub fn purge(conn: &Connection, retention: &Retention) -> StoreResult<PurgeRepor
                     AND active_task IS NULL LIMIT ?4)",
             )
             .and_then(|mut s| {
-                s.execute(params![rule.kind, rule.state.as_str(), rule.idle_before, batch])
+                s.execute(params![
+                    rule.kind,
+                    rule.state.as_str(),
+                    rule.idle_before,
+                    batch
+                ])
             })
             .map_err(backend)? as u64;
         full |= deleted as i64 >= batch;

@@ -89,11 +89,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Puts RUNNING tasks whose lease expired before `now` back to QUEUED, except those
     /// in `keep` (tasks this process still runs); returns them.
-    async fn rescue(
-        &self,
-        now: UnixMillis,
-        keep: Vec<RequestId>,
-    ) -> StoreResult<Vec<Runnable>>;
+    async fn rescue(&self, now: UnixMillis, keep: Vec<RequestId>) -> StoreResult<Vec<Runnable>>;
 
     /// At start-up, with the store held exclusively: puts every RUNNING task back to
     /// QUEUED and returns every runnable QUEUED task in submission order.

@@ -1,8 +1,8 @@
 //! What reads return, and the filters they take.
 
 use qtask_core::{
-    AccountId, Effect, Region, RequestId, ResourceId, ResourceState, SecretId, TaskError, TaskState,
-    UnixMillis,
+    AccountId, Effect, Region, RequestId, ResourceId, ResourceState, SecretId, TaskError,
+    TaskState, UnixMillis,
 };
 use serde_json::{Map, Value};
 

@@ -66,7 +66,14 @@ async fn exists(ctx: &QueryContext<'_>, resource: &ResourceId) -> Result<bool, E
         };
         let found = ctx
             .store
-            .resources(ctx.call.account, filter, Page { offset: 0, limit: 1 })
+            .resources(
+                ctx.call.account,
+                filter,
+                Page {
+                    offset: 0,
+                    limit: 1,
+                },
+            )
             .await?;
         if found.total > 0 {
             return Ok(true);

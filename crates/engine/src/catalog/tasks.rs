@@ -44,7 +44,9 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             |ctx| Box::pin(describe_tasks(ctx)),
         ),
-        query("CancelTask", &["requestId"], |ctx| Box::pin(cancel_task(ctx))),
+        query("CancelTask", &["requestId"], |ctx| {
+            Box::pin(cancel_task(ctx))
+        }),
         ActionSpec {
             name: "RetryTask",
             params: &["requestId"],
@@ -66,7 +68,10 @@ pub async fn missing(ctx: &QueryContext<'_>, id: RequestId) -> EngineError {
 }
 
 /// The tasks a request ID names: the task, or every task of the chain.
-async fn named_tasks(ctx: &QueryContext<'_>, id: RequestId) -> Result<Vec<TaskRecord>, EngineError> {
+async fn named_tasks(
+    ctx: &QueryContext<'_>,
+    id: RequestId,
+) -> Result<Vec<TaskRecord>, EngineError> {
     let account = ctx.call.account;
     if let Some(task) = ctx.store.task(account, id).await? {
         return Ok(vec![task]);
@@ -151,11 +156,17 @@ async fn retry_task(ctx: QueryContext<'_>) -> Result<Plan, EngineError> {
                 // again from there.
                 Targets::New { initial, .. } => {
                     effect.transitional = Some(ResourceState::new(initial));
-                    operation.on_failure.iter().map(|s| ResourceState::new(s)).collect()
+                    operation
+                        .on_failure
+                        .iter()
+                        .map(|s| ResourceState::new(s))
+                        .collect()
                 }
-                Targets::One(_) | Targets::Many(_) => {
-                    operation.allowed.iter().map(|s| ResourceState::new(s)).collect()
-                }
+                Targets::One(_) | Targets::Many(_) => operation
+                    .allowed
+                    .iter()
+                    .map(|s| ResourceState::new(s))
+                    .collect(),
             };
             PlannedTask {
                 target: Target::Existing {
