@@ -133,8 +133,9 @@ pub enum Step {
     /// The lease was taken over while the executor ran: its outcome was refused.
     Fenced,
     /// The lease could not be renewed in time or was taken over: the executor was
-    /// stopped and nothing recorded.
-    LeaseLost,
+    /// stopped and nothing recorded. `requeued`: nobody had taken the task yet, so
+    /// this worker gave it back to the queue (it must be dispatched again).
+    LeaseLost { requeued: bool },
     /// Shutdown: the task was given back to the queue (or, if the store could not be
     /// reached, left RUNNING for the next start).
     Released,
@@ -211,8 +212,8 @@ impl Worker {
             () = self.hold_lease(task, fence, claimed_at, &cancel) => {
                 drop(execution);
                 tracing::warn!(%task, fence, "lost the lease; stopped the executor");
-                let _ = self.store.release(task, fence, now_millis()).await;
-                return Step::LeaseLost;
+                let requeued = self.store.release(task, fence, now_millis()).await.unwrap_or(false);
+                return Step::LeaseLost { requeued };
             }
             _ = stop.cancelled() => {
                 drop(execution);
@@ -384,8 +385,13 @@ async fn run(
         let dispatcher = dispatcher.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            if let Step::Recorded { runnable, .. } = worker.run(task, &stop).await {
-                dispatcher.enqueue(runnable);
+            match worker.run(task, &stop).await {
+                Step::Recorded { runnable, .. } => dispatcher.enqueue(runnable),
+                Step::LeaseLost { requeued: true } => dispatcher.enqueue([Runnable {
+                    task,
+                    not_before: now_millis(),
+                }]),
+                _ => {}
             }
             drop(slot);
         });

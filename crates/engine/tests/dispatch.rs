@@ -452,7 +452,7 @@ async fn a_worker_that_finds_its_lease_taken_stops_its_executor_and_records_noth
     assert_eq!(held.run.lease.as_ref().unwrap().owner, "test-node");
     let new_fence = take_over(&f, task).await;
 
-    assert_eq!(step.await.unwrap(), Step::LeaseLost);
+    assert_eq!(step.await.unwrap(), Step::LeaseLost { requeued: false });
     assert!(
         hanging.dropped.load(Ordering::SeqCst),
         "the executor was stopped"

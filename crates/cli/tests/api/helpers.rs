@@ -221,6 +221,28 @@ impl TestApp {
         answer["instanceSet"][0].clone()
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `TERM`…) without waiting for its effect.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit by itself; returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "qtask did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");
@@ -229,22 +251,8 @@ impl TestApp {
 
     /// SIGTERM, then waits for a clean exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "qtask did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.signal("TERM");
+        self.wait_exit()
     }
 
     /// Starts the server again on the same data directory (after kill or terminate),
@@ -356,4 +364,71 @@ impl TestApp {
             .await
             .expect("the server answers")
     }
+}
+
+// ---- Calls and fixtures shared by the task and engine tests ----
+
+/// `name.0=ids[0]`, `name.1=ids[1]`, ... followed by `extra`.
+pub fn list_params(name: &str, ids: &[&str], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| (format!("{name}.{i}"), id.to_string()))
+        .chain(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())))
+        .collect()
+}
+
+/// A task-chain call on `ids` (parameter `instanceIds`).
+pub async fn chain(app: &TestApp, action: &str, ids: &[&str], extra: &[(&str, &str)]) -> Value {
+    app.client()
+        .call(action, list_params("instanceIds", ids, extra))
+        .await
+        .expect("the server answers")
+}
+
+/// The task ID a chain answer's detail gives `id`.
+pub fn detail_task(answer: &Value, id: &str) -> String {
+    let entry = &answer["detail"][id];
+    assert_eq!(entry["code"], 0, "detail of {id}: {answer}");
+    let task = entry["requestId"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !task.is_empty(),
+        "detail of {id} has no requestId: {answer}"
+    );
+    task
+}
+
+pub fn text(value: &Value) -> &str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value}"))
+}
+
+/// A server at `speed` with `names.len()` running instances, one per name. The
+/// instances are created at speed 0 and the server restarted at `speed`, so tests of
+/// slow tasks do not wait for slow creations.
+pub async fn slow_app(speed: &str, names: &[&str]) -> (TestApp, Vec<String>) {
+    app_with(names, &["--sim-speed", speed]).await
+}
+
+/// A configuration file for `qtask serve --config`, deleted with the returned value.
+pub fn config_file(toml: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("a temporary file");
+    std::fs::write(file.path(), toml).expect("the config file is written");
+    file
+}
+
+/// A server restarted with `args` over instances created at speed 0, one per name
+/// (like [`slow_app`], with any arguments).
+pub async fn app_with(names: &[&str], args: &[&str]) -> (TestApp, Vec<String>) {
+    let mut app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for name in names {
+        ids.extend(app.create_instances(1, name).await);
+    }
+    app.kill();
+    app.restart(Some(args));
+    (app, ids)
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod durability;
+mod engine;
 mod helpers;
 mod protocol;
 mod sdk;

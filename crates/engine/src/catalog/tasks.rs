@@ -98,8 +98,8 @@ async fn cancel_task(ctx: QueryContext<'_>) -> Result<Answer, EngineError> {
                     ctx.dispatcher.signal_cancel(task.id);
                     (
                         "cancelRequested",
-                        "cancel requested while running: the executor is told; the task \
-                         ends CANCELED, or in its own end if it is past stopping"
+                        "cancel requested while running: the executor has been told; the task \
+                         ends CANCELED, or SUCCESS or FAILED if it was past stopping"
                             .to_owned(),
                     )
                 }
