@@ -2,7 +2,7 @@
 //! while its task runs, refusals, account and region isolation, injected failures,
 //! DescribeTasks, clientToken and the handling of passwords.
 
-use crate::helpers::{chain, detail_task, list_params, slow_app, text, TestApp};
+use crate::helpers::{chain, detail_task, slow_app, text, TestApp};
 use qtask::client::unix_seconds;
 use qtask_protocol::signature::{HttpMethod, SignatureMethod};
 use serde_json::Value;
