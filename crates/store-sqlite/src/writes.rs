@@ -827,7 +827,10 @@ pub fn cancel(
     }
     let mut outcomes = Vec::with_capacity(ids.len());
     let mut runnable = Vec::new();
-    for task in ids {
+    // Last task first: a task waiting behind another of the same group is canceled
+    // before the one ahead ends, so ending that one never promotes (and precondition-
+    // checks, possibly failing) a task this cancel is about to cancel.
+    for task in ids.into_iter().rev() {
         let found = unfinished(conn, task)?
             .ok_or_else(|| StoreError::Backend(format!("task {task} vanished")))?;
         let outcome = match found.state.as_str() {
@@ -848,6 +851,7 @@ pub fn cancel(
         };
         outcomes.push((stored_id(task)?, outcome));
     }
+    outcomes.reverse();
     // A task released by one cancel may itself be canceled later in the same group.
     runnable.retain(|r| {
         !outcomes
