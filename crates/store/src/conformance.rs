@@ -20,7 +20,7 @@ use qtask_core::{
     TaskError, TaskState, UnixMillis,
 };
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +28,10 @@ use std::sync::{Arc, Mutex};
 /// The clock every check starts from (2023-11-14T22:13:20Z).
 const T0: UnixMillis = 1_700_000_000_000;
 const KIND: &str = "instance";
+const DAY: i64 = 86_400_000;
+/// The node that holds the leases the checks take, and for how long.
+const OWNER: &str = "node-1";
+const LEASE_MS: i64 = 30_000;
 /// Enough to hold everything one check creates.
 const EVERYTHING: Page = Page {
     offset: 0,
@@ -128,10 +132,17 @@ fn submission(
     (submission, probe)
 }
 
+/// A client token whose window covers every time the checks use.
 fn token(token: &str, fingerprint: &str) -> Option<IdempotencyKey> {
+    token_since(token, fingerprint, T0 - DAY)
+}
+
+/// A client token that forgets uses before `valid_from`.
+fn token_since(token: &str, fingerprint: &str, valid_from: UnixMillis) -> Option<IdempotencyKey> {
     Some(IdempotencyKey {
         token: token.to_owned(),
         fingerprint: fingerprint.to_owned(),
+        valid_from,
     })
 }
 
@@ -146,6 +157,21 @@ fn effect(
         on_failure: on_failure.map(state),
         patch: Map::new(),
     }
+}
+
+/// StopInstances: STOPPING while it runs, STOPPED on success, back on failure.
+fn stop_effect() -> Effect {
+    effect(Some("STOPPING"), Some("STOPPED"), None)
+}
+
+/// StartInstances: STARTING while it runs, RUNNING on success, back on failure.
+fn start_effect() -> Effect {
+    effect(Some("STARTING"), Some("RUNNING"), None)
+}
+
+/// RestartInstances: REBOOTING while it runs, then back to the state before.
+fn reboot_effect() -> Effect {
+    effect(Some("REBOOTING"), None, None)
 }
 
 fn object(value: Value) -> Map<String, Value> {
@@ -168,6 +194,15 @@ fn existing(id: &ResourceId, allowed: &[&str], effect: Effect) -> PlannedTask {
         },
         params: params(id),
         effect,
+        on_busy: OnBusy::Refuse,
+    }
+}
+
+/// The same task, waiting behind the resource's unfinished tasks instead of refused.
+fn queued_behind(task: PlannedTask) -> PlannedTask {
+    PlannedTask {
+        on_busy: OnBusy::Queue,
+        ..task
     }
 }
 
@@ -185,6 +220,7 @@ fn creating(new: NewResource, effect: Effect) -> PlannedTask {
         params: params(&new.id),
         target: Target::Create(new),
         effect,
+        on_busy: OnBusy::Refuse,
     }
 }
 
@@ -204,6 +240,51 @@ async fn submit_new(store: &dyn Store, submission: Submission) -> SubmitReport {
     }
 }
 
+/// Submits one ungrouped task and expects it accepted; returns it and whether the store
+/// said it can run now (it holds its resource).
+async fn submit_one(
+    store: &dyn Store,
+    account: AccountId,
+    action: &str,
+    planned: PlannedTask,
+    now: UnixMillis,
+) -> (RequestId, bool) {
+    let (sub, _) = submission(account, gz(), action, false, vec![planned], now);
+    match store.submit(sub).await {
+        Ok(Submitted::New {
+            report, runnable, ..
+        }) => {
+            let task = only_task(&report);
+            assert!(
+                runnable.is_empty() || runnable == vec![task],
+                "runnable {runnable:?} names a task the submission did not create ({task})"
+            );
+            (task, !runnable.is_empty())
+        }
+        other => panic!("submit({action}) should commit a new task, got {other:?}"),
+    }
+}
+
+/// Submits a task that queues behind the unfinished tasks of busy resource `id`, and
+/// expects it accepted but not runnable.
+async fn wait_behind(
+    store: &dyn Store,
+    account: AccountId,
+    id: &ResourceId,
+    action: &str,
+    allowed: &[&str],
+    effect: Effect,
+    now: UnixMillis,
+) -> RequestId {
+    let planned = queued_behind(existing(id, allowed, effect));
+    let (task, runnable) = submit_one(store, account, action, planned, now).await;
+    assert!(
+        !runnable,
+        "task {task} waits behind {id}'s task: not runnable"
+    );
+    task
+}
+
 /// The task of a one-task report that must have been accepted.
 fn only_task(report: &SubmitReport) -> RequestId {
     match report.outcomes.as_slice() {
@@ -212,22 +293,63 @@ fn only_task(report: &SubmitReport) -> RequestId {
     }
 }
 
-/// Claims a task, expecting it to be QUEUED.
-async fn claim(store: &dyn Store, task: RequestId, now: UnixMillis) -> ClaimedTask {
-    store
-        .claim(task, now)
-        .await
-        .expect("claim")
-        .unwrap_or_else(|| panic!("task {task} should be claimable"))
+/// The lease a worker of [`OWNER`] asks for at `now`.
+fn lease(now: UnixMillis) -> Lease {
+    Lease {
+        owner: OWNER.to_owned(),
+        now,
+        expires_at: now + LEASE_MS,
+    }
 }
 
-/// Claims a QUEUED task and records its outcome.
-async fn finish(store: &dyn Store, task: RequestId, outcome: TaskOutcome, now: UnixMillis) {
-    claim(store, task, now).await;
+fn runnable(task: RequestId, not_before: UnixMillis) -> Runnable {
+    Runnable { task, not_before }
+}
+
+/// Claims a task under [`lease`]`(now)`; `None` when it is not claimable.
+async fn try_claim(store: &dyn Store, task: RequestId, now: UnixMillis) -> Option<ClaimedTask> {
     store
-        .complete(task, outcome, now)
+        .claim(task, lease(now))
         .await
-        .unwrap_or_else(|e| panic!("complete({task}) failed: {e}"));
+        .unwrap_or_else(|e| panic!("claim({task}) failed: {e}"))
+}
+
+/// Claims a task that must be claimable; the claimed record carries the claim's fence.
+async fn claim(store: &dyn Store, task: RequestId, now: UnixMillis) -> ClaimedTask {
+    let claimed = try_claim(store, task, now)
+        .await
+        .unwrap_or_else(|| panic!("task {task} should be claimable"));
+    assert_eq!(
+        claimed.task.run.fence, claimed.fence,
+        "the claimed record shows the claim's fence"
+    );
+    claimed
+}
+
+/// Records the outcome of a claimed task, which its fence must still hold; returns what
+/// can run now.
+async fn complete(
+    store: &dyn Store,
+    claimed: &ClaimedTask,
+    outcome: TaskOutcome,
+    now: UnixMillis,
+) -> Vec<Runnable> {
+    let task = claimed.task.id;
+    match store.complete(task, claimed.fence, outcome, now).await {
+        Ok(Completion::Recorded { runnable }) => runnable,
+        other => panic!("complete({task}) by its holder should be recorded, got {other:?}"),
+    }
+}
+
+/// Claims a QUEUED task and records its outcome; returns what can run now.
+async fn finish(
+    store: &dyn Store,
+    task: RequestId,
+    outcome: TaskOutcome,
+    now: UnixMillis,
+) -> Vec<Runnable> {
+    let claimed = claim(store, task, now).await;
+    complete(store, &claimed, outcome, now).await
 }
 
 fn success() -> TaskOutcome {
@@ -383,12 +505,14 @@ async fn task_count(store: &dyn Store, account: AccountId) -> u64 {
     listing.total
 }
 
+/// A task as it is right after its submission at `now`.
 fn queued_record(
     id: RequestId,
     account: AccountId,
     group: Option<RequestId>,
     action: &str,
     resource: &ResourceId,
+    effect: &Effect,
     now: UnixMillis,
 ) -> TaskRecord {
     TaskRecord {
@@ -406,6 +530,47 @@ fn queued_record(
         finished_at: None,
         error: None,
         result: None,
+        effect: effect.clone(),
+        run: RunInfo::default(),
+    }
+}
+
+/// `task` as a claim at `now` with `fence` leaves it (its first attempt or a later one).
+fn claimed_record(task: TaskRecord, fence: Fence, now: UnixMillis) -> TaskRecord {
+    TaskRecord {
+        state: TaskState::Running,
+        attempts: task.attempts + 1,
+        started_at: task.started_at.or(Some(now)),
+        run: RunInfo {
+            lease: Some(LeaseInfo {
+                owner: OWNER.to_owned(),
+                expires_at: now + LEASE_MS,
+            }),
+            fence,
+            ..RunInfo::default()
+        },
+        ..task
+    }
+}
+
+/// A running `task` ended at `now` in `state`.
+fn ended_record(
+    task: TaskRecord,
+    state: TaskState,
+    error: Option<TaskError>,
+    result: Option<Value>,
+    now: UnixMillis,
+) -> TaskRecord {
+    TaskRecord {
+        state,
+        finished_at: Some(now),
+        error,
+        result,
+        run: RunInfo {
+            fence: task.run.fence,
+            ..RunInfo::default()
+        },
+        ..task
     }
 }
 
@@ -420,6 +585,140 @@ fn last_op(task: RequestId, action: &str, state: TaskState) -> Option<LastOperat
 
 fn ids_of<T>(items: &[T], id: impl Fn(&T) -> RequestId) -> Vec<RequestId> {
     items.iter().map(id).collect()
+}
+
+async fn recover(store: &dyn Store, now: UnixMillis) -> Vec<Runnable> {
+    store
+        .recover(now)
+        .await
+        .unwrap_or_else(|e| panic!("recover failed: {e}"))
+}
+
+/// The tasks of `runnable`, each of which must be due by `now`.
+fn due_by(runnable: &[Runnable], now: UnixMillis) -> Vec<RequestId> {
+    for r in runnable {
+        assert!(
+            r.not_before <= now,
+            "task {} should be runnable at {now}, not from {}",
+            r.task,
+            r.not_before
+        );
+    }
+    runnable.iter().map(|r| r.task).collect()
+}
+
+async fn renew(
+    store: &dyn Store,
+    task: RequestId,
+    fence: Fence,
+    expires_at: UnixMillis,
+) -> LeaseStatus {
+    store
+        .renew(task, fence, expires_at)
+        .await
+        .unwrap_or_else(|e| panic!("renew({task}) failed: {e}"))
+}
+
+async fn release(store: &dyn Store, task: RequestId, fence: Fence, now: UnixMillis) -> bool {
+    store
+        .release(task, fence, now)
+        .await
+        .unwrap_or_else(|e| panic!("release({task}) failed: {e}"))
+}
+
+async fn rescue(store: &dyn Store, now: UnixMillis, keep: Vec<RequestId>) -> Vec<Runnable> {
+    store
+        .rescue(now, keep)
+        .await
+        .unwrap_or_else(|e| panic!("rescue failed: {e}"))
+}
+
+/// Cancels `id` (a task or a group) that the account must have.
+async fn cancel(
+    store: &dyn Store,
+    account: AccountId,
+    id: RequestId,
+    now: UnixMillis,
+) -> Cancellation {
+    store
+        .cancel(account, id, now)
+        .await
+        .unwrap_or_else(|e| panic!("cancel({id}) failed: {e}"))
+        .unwrap_or_else(|| panic!("cancel({id}) should find the task or group"))
+}
+
+/// What a cancellation did, per task.
+fn cancel_outcomes(cancellation: &Cancellation) -> Vec<(RequestId, CancelOutcome)> {
+    cancellation
+        .tasks
+        .iter()
+        .map(|(task, outcome)| (task.id, *outcome))
+        .collect()
+}
+
+/// The error of a task canceled before it started.
+fn canceled_before_start() -> TaskError {
+    TaskError::operation_failed("canceled by request before it started")
+}
+
+/// The error of a task canceled because `ahead` (running `action` on `resource`) failed.
+fn canceled_behind(ahead: RequestId, action: &str, resource: &ResourceId) -> TaskError {
+    TaskError::operation_failed(format!(
+        "canceled: task {ahead} ({action}) ahead of it on {resource} failed"
+    ))
+}
+
+/// A retention that deletes nothing: checks set the kinds they test.
+fn retain_everything(batch: u32) -> Retention {
+    Retention {
+        tasks_finished_before: UnixMillis::MIN,
+        nonces_expired_before: UnixMillis::MIN,
+        tokens_created_before: UnixMillis::MIN,
+        resources: Vec::new(),
+        batch,
+    }
+}
+
+/// Purges batch after batch until a report says there is no more (at most `limit`
+/// batches); returns every report.
+async fn purge_all(store: &dyn Store, retention: Retention, limit: usize) -> Vec<PurgeReport> {
+    let mut reports = Vec::new();
+    loop {
+        let report = store
+            .purge(retention.clone())
+            .await
+            .unwrap_or_else(|e| panic!("purge failed: {e}"));
+        reports.push(report);
+        if !report.more {
+            return reports;
+        }
+        assert!(
+            reports.len() < limit,
+            "purge still has more after {limit} batches: {reports:?}"
+        );
+    }
+}
+
+async fn stats(store: &dyn Store) -> StoreStats {
+    store
+        .stats()
+        .await
+        .unwrap_or_else(|e| panic!("stats failed: {e}"))
+}
+
+async fn fenced_completions(store: &dyn Store) -> u64 {
+    stats(store).await.fenced_completions
+}
+
+/// The task counts of [`Store::stats`], states with no task left out.
+async fn tasks_by_state(store: &dyn Store) -> HashMap<TaskState, u64> {
+    let mut counts = HashMap::new();
+    for (state, count) in stats(store).await.tasks {
+        let previous = counts.insert(state, count);
+        assert_eq!(previous, None, "stats lists {state} twice");
+    }
+    counts.retain(|_, count| *count > 0);
+    counts
 }
 
 // ---------------------------------------------------------------------------------------
@@ -453,12 +752,16 @@ pub async fn submit_commits_queued_tasks_and_marks_resources_busy(store: &dyn St
         true,
         vec![
             existing(&r1, &["RUNNING"], stop.clone()),
-            existing(&r2, &["RUNNING"], stop),
+            existing(&r2, &["RUNNING"], stop.clone()),
         ],
         now,
     );
-    let (report, answer) = match store.submit(sub).await {
-        Ok(Submitted::New { report, answer }) => (report, answer),
+    let (report, answer, runnable) = match store.submit(sub).await {
+        Ok(Submitted::New {
+            report,
+            answer,
+            runnable,
+        }) => (report, answer, runnable),
         other => panic!("submit should commit new tasks, got {other:?}"),
     };
     assert_eq!(
@@ -477,6 +780,11 @@ pub async fn submit_commits_queued_tasks_and_marks_resources_busy(store: &dyn St
         other => panic!("expected [({r1}, Ok), ({r2}, Ok)], got {other:?}"),
     };
     assert_eq!(report.accepted().collect::<Vec<_>>(), vec![t1, t2]);
+    assert_eq!(
+        runnable,
+        vec![t1, t2],
+        "both hold their resource: both can run"
+    );
     let distinct: BTreeSet<_> = [group, t1, t2].into_iter().collect();
     assert_eq!(
         distinct.len(),
@@ -489,7 +797,7 @@ pub async fn submit_commits_queued_tasks_and_marks_resources_busy(store: &dyn St
         let record = must_task(store, a, task).await;
         assert_eq!(
             record,
-            queued_record(task, a, Some(group), "StopInstances", id, now),
+            queued_record(task, a, Some(group), "StopInstances", id, &stop, now),
             "the committed task {task}"
         );
         records.push(record);
@@ -596,9 +904,10 @@ pub async fn submit_refuses_busy_resources_naming_the_unfinished_task(store: &dy
         task: stop,
         action: "StopInstances".into(),
     });
+    let mut running = None;
     for phase in ["queued", "running"] {
         if phase == "running" {
-            claim(store, stop, T0 + 2).await;
+            running = Some(claim(store, stop, T0 + 2).await);
         }
         for allowed in [&["STOPPED"][..], &["STOPPING"], &[]] {
             let before = task_count(store, a).await;
@@ -627,10 +936,8 @@ pub async fn submit_refuses_busy_resources_naming_the_unfinished_task(store: &dy
             assert_eq!(res.active_task, Some(stop));
         }
     }
-    store
-        .complete(stop, success(), T0 + 4)
-        .await
-        .expect("complete");
+    let running = running.expect("claimed in the running phase");
+    complete(store, &running, success(), T0 + 4).await;
     let start = start_task(
         store,
         a,
@@ -861,6 +1168,7 @@ pub async fn submit_create_inserts_the_resource_busy(store: &dyn Store) {
     let (r1, r2) = (ins(1), ins(2));
     let attrs = json!({"instanceName": "web", "cpu": 2, "zone": "ap-guangzhou-3"});
     let run = effect(None, Some("RUNNING"), Some("LAUNCH_FAILED"));
+    let run_effect = run.clone();
     let now = T0 + 5;
     let (sub, _) = submission(
         a,
@@ -898,7 +1206,7 @@ pub async fn submit_create_inserts_the_resource_busy(store: &dyn Store) {
         );
         assert_eq!(
             must_task(store, a, task).await,
-            queued_record(task, a, Some(group), "RunInstances", id, now)
+            queued_record(task, a, Some(group), "RunInstances", id, &run_effect, now)
         );
         assert_eq!(resource(store, b, id).await, None, "not in another account");
         assert_eq!(
@@ -929,16 +1237,9 @@ pub async fn submit_create_inserts_the_resource_busy(store: &dyn Store) {
     );
 
     let claimed = claim(store, t1, now + 2).await;
-    assert_eq!(Value::Object(claimed.resource_attrs), attrs);
-    store
-        .complete(t1, success(), now + 3)
-        .await
-        .expect("complete");
-    claim(store, t2, now + 2).await;
-    store
-        .complete(t2, TaskOutcome::Failed(fault()), now + 3)
-        .await
-        .expect("complete");
+    assert_eq!(Value::Object(claimed.resource_attrs.clone()), attrs);
+    complete(store, &claimed, success(), now + 3).await;
+    finish(store, t2, TaskOutcome::Failed(fault()), now + 3).await;
     for (id, expected) in [(&r1, "RUNNING"), (&r2, "LAUNCH_FAILED")] {
         let res = must_resource(store, a, id).await;
         assert_eq!(
@@ -1250,7 +1551,7 @@ pub async fn client_token_repeats_the_first_answer(store: &dyn Store) {
     let (mut sub, _) = submission(a, gz(), "RestartInstances", true, plan(), T0 + 1);
     sub.idempotency = token("my-token", "fp");
     let (first, report) = match store.submit(sub).await {
-        Ok(Submitted::New { answer, report }) => (answer, report),
+        Ok(Submitted::New { answer, report, .. }) => (answer, report),
         other => panic!("the first request commits, got {other:?}"),
     };
     for task in report.accepted() {
@@ -1375,7 +1676,7 @@ pub async fn client_tokens_are_per_account(store: &dyn Store) {
         other => panic!("account a commits, got {other:?}"),
     };
     let answer_b = match submit(b, &rb).await {
-        Ok(Submitted::New { answer, report }) => {
+        Ok(Submitted::New { answer, report, .. }) => {
             assert_eq!(report.accepted().count(), 1);
             answer
         }
@@ -1393,58 +1694,102 @@ pub async fn client_tokens_are_per_account(store: &dyn Store) {
     );
 }
 
+/// A client token remembers its first use only within its window (`valid_from`, 24 hours
+/// in the engine): once that use is older, the token counts as new, the submission
+/// commits, and its answer is the one repeated from then on.
+pub async fn client_token_is_forgotten_after_its_window(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let r = ins(1);
+    instance(store, a, gz(), &r, "RUNNING", json!({}), T0).await;
+    let use_token = |fingerprint: &str, now: UnixMillis| {
+        let (mut sub, _) = submission(
+            a,
+            gz(),
+            "RestartInstances",
+            false,
+            vec![existing(&r, &[], reboot_effect())],
+            now,
+        );
+        sub.idempotency = token_since("tok", fingerprint, now - DAY);
+        store.submit(sub)
+    };
+    let committed = |result: StoreResult<Submitted>| match result {
+        Ok(Submitted::New { report, answer, .. }) => (only_task(&report), answer),
+        other => panic!("expected a new submission, got {other:?}"),
+    };
+    let first_use = T0 + 1;
+    let (first, first_answer) = committed(use_token("fp", first_use).await);
+    finish(store, first, success(), first_use + 1).await;
+    assert_eq!(
+        use_token("fp", first_use + DAY).await.expect("repeat"),
+        Submitted::Repeated {
+            answer: first_answer.clone()
+        },
+        "within the window"
+    );
+
+    let second_use = first_use + DAY + 1;
+    let (second, second_answer) = committed(use_token("fp", second_use).await);
+    assert!(second > first, "a new task was created");
+    assert_ne!(second_answer, first_answer);
+    finish(store, second, success(), second_use + 1).await;
+    assert_eq!(
+        use_token("fp", second_use + 10).await.expect("repeat"),
+        Submitted::Repeated {
+            answer: second_answer
+        },
+        "the new use replaced the old one"
+    );
+    committed(use_token("other parameters", second_use + DAY + 1).await);
+}
+
 // ---------------------------------------------------------------------------------------
 // claim and complete
 // ---------------------------------------------------------------------------------------
 
-/// Claiming moves a QUEUED task to RUNNING once, counting the attempt and returning the
-/// resource's attributes; a claimed, final or unknown task cannot be claimed.
+/// Claiming moves a QUEUED task to RUNNING once, counting the attempt, recording the
+/// lease and a fence, and returning the resource's attributes; a claimed, final or
+/// unknown task cannot be claimed.
 pub async fn claim_starts_a_queued_task_once(store: &dyn Store) {
     let a = account(store, "main").await;
     let r = ins(1);
     let attrs = json!({"instanceName": "web", "cpu": 2, "lanIp": "10.0.0.7"});
     instance(store, a, gz(), &r, "RUNNING", attrs.clone(), T0).await;
-    let task = start_task(
-        store,
-        a,
-        &r,
-        "StopInstances",
-        effect(Some("STOPPING"), Some("STOPPED"), None),
-        T0 + 1,
-    )
-    .await;
+    let stop = effect(Some("STOPPING"), Some("STOPPED"), None);
+    let task = start_task(store, a, &r, "StopInstances", stop.clone(), T0 + 1).await;
+    let queued = queued_record(task, a, None, "StopInstances", &r, &stop, T0 + 1);
+    assert_eq!(must_task(store, a, task).await, queued, "before the claim");
     let claimed = claim(store, task, T0 + 2).await;
-    let expected = TaskRecord {
-        state: TaskState::Running,
-        attempts: 1,
-        started_at: Some(T0 + 2),
-        ..queued_record(task, a, None, "StopInstances", &r, T0 + 1)
-    };
+    assert!(
+        claimed.fence > 0,
+        "a claim draws a fence above 0 (no claim yet)"
+    );
+    let expected = claimed_record(queued, claimed.fence, T0 + 2);
     assert_eq!(claimed.task, expected, "the claimed task");
-    assert_eq!(Value::Object(claimed.resource_attrs), attrs);
+    assert_eq!(Value::Object(claimed.resource_attrs.clone()), attrs);
     assert_eq!(must_task(store, a, task).await, expected, "as read back");
 
     assert!(
-        store.claim(task, T0 + 3).await.expect("claim").is_none(),
+        try_claim(store, task, T0 + 3).await.is_none(),
         "a RUNNING task cannot be claimed again"
     );
     assert_eq!(must_task(store, a, task).await, expected, "unchanged");
 
-    store
-        .complete(task, success(), T0 + 4)
-        .await
-        .expect("complete");
+    complete(store, &claimed, success(), T0 + 4).await;
     let done = must_task(store, a, task).await;
     assert!(
-        store.claim(task, T0 + 5).await.expect("claim").is_none(),
+        try_claim(store, task, T0 + 5).await.is_none(),
         "a final task cannot be claimed"
     );
     assert_eq!(must_task(store, a, task).await, done);
-    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(
+        done,
+        ended_record(expected, TaskState::Succeeded, None, None, T0 + 4)
+    );
 
     let unknown = RequestId::new(task.get() + 1_000).expect("an ID");
     assert!(
-        store.claim(unknown, T0 + 6).await.expect("claim").is_none(),
+        try_claim(store, unknown, T0 + 6).await.is_none(),
         "an unknown task cannot be claimed"
     );
 }
@@ -1484,28 +1829,25 @@ pub async fn complete_success_applies_the_effect(store: &dyn Store) {
     for (n, case) in cases.into_iter().enumerate() {
         let r = ins(n as u32 + 1);
         instance(store, a, gz(), &r, "RUNNING", attrs.clone(), T0).await;
-        let task = start_task(store, a, &r, case.action, case.effect, T0 + 1).await;
-        claim(store, task, T0 + 2).await;
-        store
-            .complete(
-                task,
-                TaskOutcome::Succeeded {
-                    result: case.result.clone(),
-                },
-                T0 + 3,
-            )
-            .await
-            .expect("complete");
+        let task = start_task(store, a, &r, case.action, case.effect.clone(), T0 + 1).await;
+        let claimed = claim(store, task, T0 + 2).await;
+        let outcome = TaskOutcome::Succeeded {
+            result: case.result.clone(),
+        };
+        assert_eq!(
+            complete(store, &claimed, outcome, T0 + 3).await,
+            vec![],
+            "nothing waits behind it"
+        );
         assert_eq!(
             must_task(store, a, task).await,
-            TaskRecord {
-                state: TaskState::Succeeded,
-                attempts: 1,
-                started_at: Some(T0 + 2),
-                finished_at: Some(T0 + 3),
-                result: case.result,
-                ..queued_record(task, a, None, case.action, &r, T0 + 1)
-            },
+            ended_record(
+                claimed.task,
+                TaskState::Succeeded,
+                None,
+                case.result,
+                T0 + 3
+            ),
             "{}",
             case.action
         );
@@ -1548,21 +1890,11 @@ pub async fn complete_failure_restores_the_state(store: &dyn Store) {
             ..effect
         };
         let task = start_task(store, a, &r, action, effect, T0 + 1).await;
-        claim(store, task, T0 + 2).await;
-        store
-            .complete(task, TaskOutcome::Failed(fault()), T0 + 3)
-            .await
-            .expect("complete");
+        let claimed = claim(store, task, T0 + 2).await;
+        complete(store, &claimed, TaskOutcome::Failed(fault()), T0 + 3).await;
         assert_eq!(
             must_task(store, a, task).await,
-            TaskRecord {
-                state: TaskState::Failed,
-                attempts: 1,
-                started_at: Some(T0 + 2),
-                finished_at: Some(T0 + 3),
-                error: Some(fault()),
-                ..queued_record(task, a, None, action, &r, T0 + 1)
-            },
+            ended_record(claimed.task, TaskState::Failed, Some(fault()), None, T0 + 3),
             "{action}"
         );
         let res = must_resource(store, a, &r).await;
@@ -1585,9 +1917,8 @@ pub async fn complete_failure_restores_the_state(store: &dyn Store) {
     }
 }
 
-/// Completing a task that is not RUNNING (still QUEUED, or final already) changes
-/// nothing. (Whether the store answers such a stale call with `Ok` or an error is its
-/// choice; the records must not move.)
+/// Completing a task that is not RUNNING (still QUEUED, or final already) is refused as
+/// fenced, whatever fence it names, and changes nothing; each refusal is counted.
 pub async fn complete_ignores_tasks_that_are_not_running(store: &dyn Store) {
     let a = account(store, "main").await;
     let (r1, r2) = (ins(1), ins(2));
@@ -1617,32 +1948,46 @@ pub async fn complete_ignores_tasks_that_are_not_running(store: &dyn Store) {
     };
     let queued = start_task(store, a, &r1, "StopInstances", stop.clone(), T0 + 1).await;
     let done = start_task(store, a, &r2, "StopInstances", stop, T0 + 1).await;
-    finish(
-        store,
-        done,
-        TaskOutcome::Succeeded {
-            result: Some(json!(1)),
-        },
-        T0 + 2,
-    )
-    .await;
+    let claimed = claim(store, done, T0 + 2).await;
+    let outcome = TaskOutcome::Succeeded {
+        result: Some(json!(1)),
+    };
+    complete(store, &claimed, outcome, T0 + 2).await;
+    let fenced_before = fenced_completions(store).await;
 
-    for (task, id) in [(queued, &r1), (done, &r2)] {
+    let mut refusals = 0;
+    for (task, id, fences) in [
+        (queued, &r1, [0, claimed.fence + 1]),
+        (done, &r2, [claimed.fence, 0]),
+    ] {
         let task_before = must_task(store, a, task).await;
         let res_before = resource(store, a, id).await;
-        for outcome in [success(), TaskOutcome::Failed(fault())] {
-            let _whatever = store.complete(task, outcome, T0 + 9).await;
-            assert_eq!(
-                must_task(store, a, task).await,
-                task_before,
-                "task {task} is {:?}",
-                task_before.state
-            );
-            assert_eq!(resource(store, a, id).await, res_before, "{id}");
+        for fence in fences {
+            for outcome in [success(), TaskOutcome::Failed(fault())] {
+                assert_eq!(
+                    store.complete(task, fence, outcome, T0 + 9).await.ok(),
+                    Some(Completion::Fenced),
+                    "task {task} is {:?} (fence {fence})",
+                    task_before.state
+                );
+                refusals += 1;
+                assert_eq!(
+                    must_task(store, a, task).await,
+                    task_before,
+                    "task {task} is {:?}",
+                    task_before.state
+                );
+                assert_eq!(resource(store, a, id).await, res_before, "{id}");
+            }
         }
     }
     assert_eq!(must_resource(store, a, &r1).await.state, state("STOPPING"));
     assert_eq!(must_resource(store, a, &r2).await.state, state("STOPPED"));
+    assert_eq!(
+        fenced_completions(store).await,
+        fenced_before + refusals,
+        "every refusal is counted"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1650,7 +1995,8 @@ pub async fn complete_ignores_tasks_that_are_not_running(store: &dyn Store) {
 // ---------------------------------------------------------------------------------------
 
 /// Recovery puts RUNNING tasks back to QUEUED (their attempts kept, their resources still
-/// busy) and returns every unfinished task of every account in submission order.
+/// busy) and returns every unfinished task of every account in submission order, due
+/// at once.
 pub async fn recover_requeues_running_tasks(store: &dyn Store) {
     let a = account(store, "main").await;
     let b = account(store, "other").await;
@@ -1659,7 +2005,7 @@ pub async fn recover_requeues_running_tasks(store: &dyn Store) {
     }
     instance(store, b, gz(), &ins(5), "RUNNING", json!({}), T0).await;
     assert_eq!(
-        store.recover().await.expect("recover"),
+        recover(store, T0).await,
         vec![],
         "nothing is unfinished yet"
     );
@@ -1674,8 +2020,9 @@ pub async fn recover_requeues_running_tasks(store: &dyn Store) {
 
     let unfinished = vec![queued, running, other, last];
     for attempt in 1..=2 {
+        let now = T0 + 100 * i64::from(attempt);
         assert_eq!(
-            store.recover().await.expect("recover"),
+            due_by(&recover(store, now).await, now),
             unfinished,
             "recovery {attempt}"
         );
@@ -1683,6 +2030,7 @@ pub async fn recover_requeues_running_tasks(store: &dyn Store) {
         assert_eq!(requeued.state, TaskState::Queued, "recovery {attempt}");
         assert_eq!(requeued.attempts, attempt, "attempts are kept");
         assert_eq!(requeued.finished_at, None);
+        assert_eq!(requeued.run.lease, None, "the lease is gone");
         let res = must_resource(store, a, &ins(2)).await;
         assert_eq!(
             (res.state, res.active_task),
@@ -1694,8 +2042,12 @@ pub async fn recover_requeues_running_tasks(store: &dyn Store) {
             must_task(store, a, finished).await.state,
             TaskState::Succeeded
         );
-        let again = claim(store, running, T0 + 10).await;
+        let again = claim(store, running, now + 10).await;
         assert_eq!(again.task.attempts, attempt + 1, "a new claim counts");
+        assert!(
+            again.fence > requeued.run.fence,
+            "a claim after recovery draws a larger fence"
+        );
     }
 }
 
@@ -1740,7 +2092,16 @@ where
     let tasks: Vec<RequestId> = report.accepted().collect();
     used.insert(group);
     used.extend(tasks.iter().copied());
-    claim(&store, tasks[0], T0 + 2).await;
+    let first_claim = claim(&store, tasks[0], T0 + 2).await;
+    // A refused completion is counted; the count is kept too.
+    assert_eq!(
+        store
+            .complete(tasks[1], first_claim.fence, success(), T0 + 2)
+            .await
+            .ok(),
+        Some(Completion::Fenced),
+        "another task's fence holds nothing"
+    );
     // Refused and rolled-back submissions may draw IDs too; none may come back later.
     let (sub, _) = submission(
         a,
@@ -1777,7 +2138,7 @@ where
     );
     sub.nonce = resend.clone();
     let resend_answer = match store.submit(sub).await {
-        Ok(Submitted::New { answer, report }) => {
+        Ok(Submitted::New { answer, report, .. }) => {
             used.extend(report.accepted());
             answer
         }
@@ -1822,7 +2183,8 @@ where
         "kept answers survive"
     );
 
-    let unfinished = store.recover().await.expect("recover");
+    assert_eq!(fenced_completions(&store).await, 1, "the refusal count");
+    let unfinished = due_by(&recover(&store, T0 + 5).await, T0 + 5);
     let expected: Vec<RequestId> = tasks_before
         .items
         .iter()
@@ -1840,6 +2202,13 @@ where
         must_task(&store, a, tasks[0]).await.state,
         TaskState::Queued,
         "the task that was running is queued again"
+    );
+    let second_claim = claim(&store, tasks[0], T0 + 6).await;
+    assert!(
+        second_claim.fence > first_claim.fence,
+        "fences keep growing across a reopen: {} then {}",
+        first_claim.fence,
+        second_claim.fence
     );
 
     drop(store);
@@ -1876,6 +2245,1787 @@ where
 }
 
 // ---------------------------------------------------------------------------------------
+// leases and fencing
+// ---------------------------------------------------------------------------------------
+
+/// Every claim draws a fence larger than all before it: across tasks (in claim order,
+/// not ID order) and for the same task claimed again after a retry, a release or a
+/// rescue. The task's record shows its latest fence.
+pub async fn fences_grow_with_every_claim(store: &dyn Store) {
+    let a = account(store, "main").await;
+    for n in 1..=3 {
+        instance(store, a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    let mut tasks = Vec::new();
+    for n in 1..=3 {
+        tasks.push(start_task(store, a, &ins(n), "StopInstances", stop_effect(), T0 + 1).await);
+    }
+    let [t1, t2, t3] = tasks[..] else {
+        unreachable!("three tasks")
+    };
+    let mut claims = vec![
+        claim(store, t3, T0 + 10).await,
+        claim(store, t1, T0 + 11).await,
+        claim(store, t2, T0 + 12).await,
+    ];
+    let retry = TaskOutcome::Retry {
+        error: fault(),
+        not_before: T0 + 20,
+    };
+    complete(store, &claims[1], retry, T0 + 13).await;
+    claims.push(claim(store, t1, T0 + 20).await);
+    assert!(release(store, t2, claims[2].fence, T0 + 21).await);
+    claims.push(claim(store, t2, T0 + 21).await);
+    // Only t3's lease has expired by then.
+    let expired = T0 + 10 + LEASE_MS + 1;
+    assert_eq!(
+        due_by(&rescue(store, expired, vec![]).await, expired),
+        vec![t3]
+    );
+    claims.push(claim(store, t3, expired).await);
+
+    let fences: Vec<Fence> = claims.iter().map(|c| c.fence).collect();
+    assert!(
+        fences.windows(2).all(|w| w[0] < w[1]),
+        "fences in claim order (t3, t1, t2, t1 after a retry, t2 after a release, t3 after \
+         a rescue) must grow: {fences:?}"
+    );
+    for claimed in &claims[3..] {
+        let task = claimed.task.id;
+        assert_eq!(must_task(store, a, task).await.run.fence, claimed.fence);
+    }
+}
+
+/// Renewing with the current fence extends the lease and says whether a cancel was
+/// requested; an older fence, or a task that is not running, has lost it and the lease
+/// does not move.
+pub async fn renew_needs_the_current_fence(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let r = ins(1);
+    instance(store, a, gz(), &r, "RUNNING", json!({}), T0).await;
+    let task = start_task(store, a, &r, "StopInstances", stop_effect(), T0 + 1).await;
+    let lease_expiry = |record: TaskRecord| record.run.lease.map(|l| l.expires_at);
+    assert_eq!(
+        renew(store, task, 0, T0 + 1_000).await,
+        LeaseStatus::Lost,
+        "a QUEUED task has no lease"
+    );
+
+    let first = claim(store, task, T0 + 10).await;
+    let not_canceled = LeaseStatus::Held {
+        cancel_requested: false,
+    };
+    assert_eq!(
+        renew(store, task, first.fence, T0 + 100_000).await,
+        not_canceled
+    );
+    assert_eq!(
+        lease_expiry(must_task(store, a, task).await),
+        Some(T0 + 100_000),
+        "the lease was extended"
+    );
+    assert_eq!(
+        renew(store, task, first.fence + 1_000, T0 + 200_000).await,
+        LeaseStatus::Lost,
+        "a fence never drawn for it"
+    );
+
+    assert!(release(store, task, first.fence, T0 + 20).await);
+    let second = claim(store, task, T0 + 21).await;
+    assert_eq!(
+        renew(store, task, first.fence, T0 + 300_000).await,
+        LeaseStatus::Lost,
+        "the fence of an earlier claim"
+    );
+    assert_eq!(
+        lease_expiry(must_task(store, a, task).await),
+        Some(T0 + 21 + LEASE_MS),
+        "a lost renewal does not move the lease"
+    );
+    assert_eq!(
+        renew(store, task, second.fence, T0 + 400_000).await,
+        not_canceled
+    );
+
+    let cancellation = cancel(store, a, task, T0 + 30).await;
+    assert_eq!(
+        cancel_outcomes(&cancellation),
+        vec![(task, CancelOutcome::Requested)]
+    );
+    assert_eq!(
+        renew(store, task, second.fence, T0 + 500_000).await,
+        LeaseStatus::Held {
+            cancel_requested: true
+        },
+        "the holder learns of the cancel request"
+    );
+    assert_eq!(
+        lease_expiry(must_task(store, a, task).await),
+        Some(T0 + 500_000)
+    );
+
+    complete(store, &second, success(), T0 + 40).await;
+    assert_eq!(
+        renew(store, task, second.fence, T0 + 600_000).await,
+        LeaseStatus::Lost,
+        "a final task has no lease"
+    );
+}
+
+/// A worker whose task was taken from it (released and claimed again, or rescued after
+/// its lease expired) cannot record an outcome: whatever the outcome, the answer is
+/// Fenced, nothing changes, and each refusal is counted. The current holder's outcome
+/// is recorded.
+pub async fn a_stale_fence_cannot_complete(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let (r1, r2) = (ins(1), ins(2));
+    instance(store, a, gz(), &r1, "RUNNING", json!({}), T0).await;
+    instance(store, a, gz(), &r2, "RUNNING", json!({}), T0).await;
+    let fenced_before = fenced_completions(store).await;
+    let stale_outcomes = || {
+        [
+            success(),
+            TaskOutcome::Failed(fault()),
+            TaskOutcome::Retry {
+                error: fault(),
+                not_before: T0,
+            },
+            TaskOutcome::Canceled {
+                message: "stopped".into(),
+            },
+        ]
+    };
+
+    // Released, then claimed by another worker.
+    let released = start_task(store, a, &r1, "StopInstances", stop_effect(), T0 + 1).await;
+    let old = claim(store, released, T0 + 10).await;
+    assert!(release(store, released, old.fence, T0 + 11).await);
+    let holder = claim(store, released, T0 + 12).await;
+    // Rescued after its lease expired, then claimed by another worker.
+    let rescued = start_task(store, a, &r2, "StopInstances", stop_effect(), T0 + 1).await;
+    let expired = claim(store, rescued, T0 + 10).await;
+    let later = T0 + 10 + LEASE_MS + 1;
+    assert_eq!(
+        due_by(&rescue(store, later, vec![]).await, later),
+        vec![rescued]
+    );
+    let rescuer = claim(store, rescued, later).await;
+
+    let mut refusals = 0;
+    for (task, id, stale) in [(released, &r1, &old), (rescued, &r2, &expired)] {
+        let task_before = must_task(store, a, task).await;
+        let res_before = must_resource(store, a, id).await;
+        for outcome in stale_outcomes() {
+            assert_eq!(
+                store
+                    .complete(task, stale.fence, outcome.clone(), later + 1)
+                    .await
+                    .ok(),
+                Some(Completion::Fenced),
+                "task {task}: {outcome:?} with the stale fence {}",
+                stale.fence
+            );
+            refusals += 1;
+            assert_eq!(must_task(store, a, task).await, task_before, "{outcome:?}");
+            assert_eq!(must_resource(store, a, id).await, res_before, "{outcome:?}");
+        }
+    }
+    assert_eq!(fenced_completions(store).await, fenced_before + refusals);
+
+    let result = Some(json!({"by": "the holder"}));
+    let succeeded = TaskOutcome::Succeeded {
+        result: result.clone(),
+    };
+    assert_eq!(complete(store, &holder, succeeded, later + 2).await, vec![]);
+    assert_eq!(
+        must_task(store, a, released).await,
+        ended_record(holder.task, TaskState::Succeeded, None, result, later + 2)
+    );
+    assert_eq!(must_resource(store, a, &r1).await.state, state("STOPPED"));
+    complete(store, &rescuer, TaskOutcome::Failed(fault()), later + 3).await;
+    assert_eq!(
+        must_task(store, a, rescued).await,
+        ended_record(
+            rescuer.task,
+            TaskState::Failed,
+            Some(fault()),
+            None,
+            later + 3
+        )
+    );
+    let res = must_resource(store, a, &r2).await;
+    assert_eq!((res.state, res.active_task), (state("RUNNING"), None));
+    assert_eq!(
+        fenced_completions(store).await,
+        fenced_before + refusals,
+        "the holders' completions are no refusals"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// retries
+// ---------------------------------------------------------------------------------------
+
+/// A Retry outcome puts the task back to QUEUED with its backoff and its error visible;
+/// it cannot be claimed before the backoff, and its resource stays busy in the
+/// transitional state meanwhile. Attempts count across attempts, the start time is the
+/// first start, and the last attempt decides the end.
+pub async fn retry_requeues_the_task_after_its_backoff(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let (r1, r2) = (ins(1), ins(2));
+    instance(store, a, gz(), &r1, "RUNNING", json!({}), T0).await;
+    instance(store, a, gz(), &r2, "RUNNING", json!({}), T0).await;
+    let task = start_task(store, a, &r1, "StopInstances", stop_effect(), T0 + 1).await;
+    let first = claim(store, task, T0 + 10).await;
+    let flaky = |n: u32| TaskError::operation_failed(format!("flaky on attempt {n}"));
+    let backoff = T0 + 5_000;
+    let retry = TaskOutcome::Retry {
+        error: flaky(1),
+        not_before: backoff,
+    };
+    assert_eq!(
+        complete(store, &first, retry, T0 + 20).await,
+        vec![runnable(task, backoff)],
+        "the task itself runs again, from its backoff"
+    );
+    let waiting = TaskRecord {
+        state: TaskState::Queued,
+        error: Some(flaky(1)),
+        run: RunInfo {
+            next_attempt_at: Some(backoff),
+            fence: first.fence,
+            ..RunInfo::default()
+        },
+        ..first.task.clone()
+    };
+    assert_eq!(must_task(store, a, task).await, waiting, "waiting to retry");
+    let res = must_resource(store, a, &r1).await;
+    assert_eq!(
+        (res.state, res.active_task),
+        (state("STOPPING"), Some(task)),
+        "the resource stays busy, in the transitional state"
+    );
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "StartInstances",
+        false,
+        vec![existing(&r1, &[], start_effect())],
+        T0 + 30,
+    );
+    assert_eq!(
+        submit_new(store, sub).await.outcomes,
+        vec![(
+            r1.clone(),
+            Err(Rejection::Busy {
+                task,
+                action: "StopInstances".into()
+            })
+        )],
+        "a task waiting to retry keeps its resource"
+    );
+
+    assert!(
+        try_claim(store, task, backoff - 1).await.is_none(),
+        "not claimable before its backoff"
+    );
+    assert_eq!(must_task(store, a, task).await, waiting, "unchanged");
+    let second = claim(store, task, backoff).await;
+    assert_eq!(
+        second.task,
+        TaskRecord {
+            // Whether the last error shows while the next attempt runs is the store's
+            // choice.
+            error: second.task.error.clone(),
+            ..claimed_record(waiting, second.fence, backoff)
+        },
+        "the second attempt: attempts 2, started at the first start"
+    );
+    assert_eq!(second.task.attempts, 2);
+    assert_eq!(second.task.started_at, Some(T0 + 10));
+
+    let backoff2 = backoff + 10_000;
+    let retry = TaskOutcome::Retry {
+        error: flaky(2),
+        not_before: backoff2,
+    };
+    complete(store, &second, retry, backoff + 1).await;
+    let record = must_task(store, a, task).await;
+    assert_eq!(
+        (record.error, record.run.next_attempt_at),
+        (Some(flaky(2)), Some(backoff2)),
+        "the latest error and backoff"
+    );
+    let third = claim(store, task, backoff2 + 7).await;
+    assert_eq!(third.task.attempts, 3);
+    let result = Some(json!({"attempt": 3}));
+    let succeeded = TaskOutcome::Succeeded {
+        result: result.clone(),
+    };
+    assert_eq!(
+        complete(store, &third, succeeded, backoff2 + 8).await,
+        vec![]
+    );
+    assert_eq!(
+        must_task(store, a, task).await,
+        ended_record(
+            TaskRecord {
+                error: None,
+                ..third.task
+            },
+            TaskState::Succeeded,
+            None,
+            result,
+            backoff2 + 8
+        ),
+        "success after retries: no error, three attempts, started at the first start"
+    );
+    let res = must_resource(store, a, &r1).await;
+    assert_eq!((res.state, res.active_task), (state("STOPPED"), None));
+
+    // Retries that end in failure: the last error, the prior state.
+    let doomed = start_task(store, a, &r2, "StopInstances", stop_effect(), T0 + 1).await;
+    let retry = TaskOutcome::Retry {
+        error: flaky(1),
+        not_before: T0 + 100,
+    };
+    finish(store, doomed, retry, T0 + 50).await;
+    let last = claim(store, doomed, T0 + 100).await;
+    complete(store, &last, TaskOutcome::Failed(flaky(2)), T0 + 110).await;
+    let record = must_task(store, a, doomed).await;
+    assert_eq!(
+        (
+            record.state,
+            record.attempts,
+            record.error,
+            record.started_at
+        ),
+        (TaskState::Failed, 2, Some(flaky(2)), Some(T0 + 50))
+    );
+    assert_eq!(
+        record.run.next_attempt_at, None,
+        "a final task has no next attempt"
+    );
+    let res = must_resource(store, a, &r2).await;
+    assert_eq!((res.state, res.active_task), (state("RUNNING"), None));
+}
+
+// ---------------------------------------------------------------------------------------
+// rescue, release and recovery
+// ---------------------------------------------------------------------------------------
+
+/// Rescue puts back to QUEUED exactly the RUNNING tasks whose lease expired before `now`
+/// and that are not in `keep`; they keep their attempts, fence and resource, and can be
+/// claimed again at once. A lease is held up to its expiry.
+pub async fn rescue_requeues_expired_leases_not_kept(store: &dyn Store) {
+    let a = account(store, "main").await;
+    for n in 1..=5 {
+        instance(store, a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    let mut tasks = Vec::new();
+    for n in 1..=5 {
+        tasks.push(start_task(store, a, &ins(n), "StopInstances", stop_effect(), T0 + 1).await);
+    }
+    let [expired, kept, fresh, done, queued] = tasks[..] else {
+        unreachable!("five tasks")
+    };
+    let expired_claim = claim(store, expired, T0 + 10).await;
+    claim(store, kept, T0 + 10).await;
+    claim(store, fresh, T0 + 20).await;
+    finish(store, done, success(), T0 + 10).await;
+    let before: Vec<TaskRecord> = {
+        let mut records = Vec::new();
+        for task in &tasks {
+            records.push(must_task(store, a, *task).await);
+        }
+        records
+    };
+
+    let expiry = T0 + 10 + LEASE_MS;
+    assert_eq!(
+        rescue(store, expiry, vec![]).await,
+        vec![],
+        "a lease is held up to its expiry"
+    );
+    let now = expiry + 5;
+    assert_eq!(
+        due_by(&rescue(store, now, vec![kept]).await, now),
+        vec![expired],
+        "only the expired lease that is not kept"
+    );
+    assert_eq!(
+        must_task(store, a, expired).await,
+        TaskRecord {
+            state: TaskState::Queued,
+            run: RunInfo {
+                fence: expired_claim.fence,
+                ..RunInfo::default()
+            },
+            ..expired_claim.task.clone()
+        },
+        "rescued: QUEUED, no lease, attempts and start kept"
+    );
+    let res = must_resource(store, a, &ins(1)).await;
+    assert_eq!(
+        (res.state, res.active_task),
+        (state("STOPPING"), Some(expired)),
+        "its resource stays busy with it"
+    );
+    for (task, record) in tasks.iter().zip(&before).skip(1) {
+        assert_eq!(
+            &must_task(store, a, *task).await,
+            record,
+            "task {task} is untouched"
+        );
+    }
+    let again = claim(store, expired, now).await;
+    assert_eq!(again.task.attempts, 2);
+
+    assert_eq!(
+        due_by(&rescue(store, now, vec![]).await, now),
+        vec![kept],
+        "no longer kept, the expired lease is rescued"
+    );
+    assert_eq!(must_task(store, a, fresh).await.state, TaskState::Running);
+    assert_eq!(must_task(store, a, queued).await.state, TaskState::Queued);
+}
+
+/// A rescued task whose cancel was requested ends CANCELED instead of running again: its
+/// resource returns as on failure, and a task waiting behind it gets the resource and
+/// is returned by the rescue.
+pub async fn a_rescued_task_with_a_cancel_request_ends_canceled(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let (alone, shared) = (ins(1), ins(2));
+    instance(store, a, gz(), &alone, "RUNNING", json!({}), T0).await;
+    instance(store, a, gz(), &shared, "RUNNING", json!({}), T0).await;
+    let reset = effect(Some("REINSTALLING"), Some("RUNNING"), Some("BROKEN"));
+    let t1 = start_task(store, a, &alone, "ResetInstances", reset, T0 + 1).await;
+    let t2 = start_task(store, a, &shared, "StopInstances", stop_effect(), T0 + 1).await;
+    let waiting = wait_behind(
+        store,
+        a,
+        &shared,
+        "RestartInstances",
+        &["RUNNING"],
+        reboot_effect(),
+        T0 + 2,
+    )
+    .await;
+    for task in [t1, t2] {
+        claim(store, task, T0 + 10).await;
+        let cancellation = cancel(store, a, task, T0 + 11).await;
+        assert_eq!(
+            cancel_outcomes(&cancellation),
+            vec![(task, CancelOutcome::Requested)]
+        );
+    }
+    let now = T0 + 10 + LEASE_MS + 1;
+    assert_eq!(
+        due_by(&rescue(store, now, vec![]).await, now),
+        vec![waiting],
+        "the canceled tasks do not run again; the one behind one of them does"
+    );
+    for (task, id, expected) in [(t1, &alone, "BROKEN"), (t2, &shared, "REBOOTING")] {
+        let record = must_task(store, a, task).await;
+        assert_eq!(
+            (record.state, record.finished_at, record.run.lease),
+            (TaskState::Canceled, Some(now), None),
+            "task {task}"
+        );
+        assert_eq!(
+            record.error.map(|e| e.code),
+            Some(TaskError::OPERATION_FAILED)
+        );
+        let res = must_resource(store, a, id).await;
+        assert_eq!(res.state, state(expected), "{id}");
+    }
+    assert_eq!(must_resource(store, a, &alone).await.active_task, None);
+    assert_eq!(
+        must_resource(store, a, &shared).await.active_task,
+        Some(waiting)
+    );
+    claim(store, waiting, now).await;
+}
+
+/// Release gives a RUNNING task back to the queue, runnable at once, with its lease
+/// cleared (attempts and start kept); only the current fence can release, and only a
+/// RUNNING task. A task whose cancel was requested ends CANCELED instead.
+pub async fn release_puts_a_running_task_back(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let r = ins(1);
+    instance(store, a, gz(), &r, "RUNNING", json!({}), T0).await;
+    let task = start_task(store, a, &r, "StopInstances", stop_effect(), T0 + 1).await;
+    assert!(!release(store, task, 0, T0 + 2).await, "a QUEUED task");
+    let first = claim(store, task, T0 + 10).await;
+    assert!(
+        !release(store, task, first.fence + 1_000, T0 + 11).await,
+        "a wrong fence"
+    );
+    assert_eq!(must_task(store, a, task).await, first.task, "unchanged");
+
+    assert!(release(store, task, first.fence, T0 + 12).await);
+    let released = TaskRecord {
+        state: TaskState::Queued,
+        run: RunInfo {
+            fence: first.fence,
+            ..RunInfo::default()
+        },
+        ..first.task.clone()
+    };
+    assert_eq!(must_task(store, a, task).await, released);
+    let res = must_resource(store, a, &r).await;
+    assert_eq!(
+        (res.state, res.active_task),
+        (state("STOPPING"), Some(task))
+    );
+    assert!(
+        !release(store, task, first.fence, T0 + 13).await,
+        "released already"
+    );
+
+    let second = claim(store, task, T0 + 12).await;
+    assert_eq!(second.task, claimed_record(released, second.fence, T0 + 12));
+    assert!(
+        !release(store, task, first.fence, T0 + 14).await,
+        "the earlier claim's fence"
+    );
+    assert_eq!(must_task(store, a, task).await.state, TaskState::Running);
+
+    cancel(store, a, task, T0 + 15).await;
+    assert!(release(store, task, second.fence, T0 + 16).await);
+    let record = must_task(store, a, task).await;
+    assert_eq!(
+        (record.state, record.finished_at),
+        (TaskState::Canceled, Some(T0 + 16)),
+        "released after a cancel request: it ends"
+    );
+    let res = must_resource(store, a, &r).await;
+    assert_eq!((res.state, res.active_task), (state("RUNNING"), None));
+}
+
+/// Recovery returns the heads of the resource queues only (not the tasks waiting behind
+/// them), in ID order, each with the time it may run from: a task waiting to retry keeps
+/// its backoff.
+pub async fn recover_returns_only_the_heads_of_resource_queues(store: &dyn Store) {
+    let a = account(store, "main").await;
+    for n in 1..=3 {
+        instance(store, a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    let queued = start_task(store, a, &ins(1), "StopInstances", stop_effect(), T0 + 1).await;
+    let behind_queued = wait_behind(
+        store,
+        a,
+        &ins(1),
+        "StartInstances",
+        &[],
+        start_effect(),
+        T0 + 2,
+    )
+    .await;
+    let running = start_task(store, a, &ins(2), "StopInstances", stop_effect(), T0 + 3).await;
+    let behind_running = wait_behind(
+        store,
+        a,
+        &ins(2),
+        "StartInstances",
+        &[],
+        start_effect(),
+        T0 + 4,
+    )
+    .await;
+    let retrying = start_task(store, a, &ins(3), "StopInstances", stop_effect(), T0 + 5).await;
+    claim(store, running, T0 + 10).await;
+    let backoff = T0 + 50_000;
+    let retry = TaskOutcome::Retry {
+        error: fault(),
+        not_before: backoff,
+    };
+    finish(store, retrying, retry, T0 + 11).await;
+
+    let now = T0 + 100;
+    let recovered = recover(store, now).await;
+    assert_eq!(
+        recovered.iter().map(|r| r.task).collect::<Vec<_>>(),
+        vec![queued, running, retrying],
+        "the heads, in ID order: {recovered:?}"
+    );
+    assert_eq!(due_by(&recovered[..2], now), vec![queued, running]);
+    assert_eq!(
+        recovered[2],
+        runnable(retrying, backoff),
+        "its backoff is kept"
+    );
+    for (task, ahead) in [(behind_queued, queued), (behind_running, running)] {
+        let record = must_task(store, a, task).await;
+        assert_eq!(
+            (record.state, record.run.blocked_by),
+            (TaskState::Queued, Some((ahead, 1))),
+            "task {task} still waits"
+        );
+    }
+    assert_eq!(must_task(store, a, running).await.state, TaskState::Queued);
+}
+
+/// A completion racing a rescue of the same expired lease: exactly one wins. Either the
+/// outcome is recorded and the rescue leaves the task alone, or the task is requeued
+/// and the late completion is refused as fenced (and counted).
+pub async fn a_completion_racing_a_rescue_counts_once(store: Arc<dyn Store>) {
+    const TASKS: u32 = 20;
+    let a = account(store.as_ref(), "main").await;
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "RunInstances",
+        true,
+        (1..=TASKS)
+            .map(|n| {
+                creating(
+                    new_resource(&ins(n), KIND, "PENDING", json!({})),
+                    Effect::default(),
+                )
+            })
+            .collect(),
+        T0,
+    );
+    let tasks: Vec<RequestId> = submit_new(store.as_ref(), sub).await.accepted().collect();
+    let mut claims = Vec::new();
+    for task in &tasks {
+        claims.push(claim(store.as_ref(), *task, T0 + 1).await);
+    }
+    let fenced_before = fenced_completions(store.as_ref()).await;
+    let expired = T0 + 1 + LEASE_MS + 1;
+    let rescuer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.rescue(expired, vec![]).await })
+    };
+    let completions: Vec<_> = claims
+        .into_iter()
+        .map(|claimed| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let task = claimed.task.id;
+                (
+                    task,
+                    store
+                        .complete(task, claimed.fence, success(), expired)
+                        .await,
+                )
+            })
+        })
+        .collect();
+    let rescued: BTreeSet<RequestId> = rescuer
+        .await
+        .expect("the rescuer panicked")
+        .expect("rescue")
+        .into_iter()
+        .map(|r| r.task)
+        .collect();
+    let mut refused = 0;
+    for handle in completions {
+        let (task, completion) = handle.await.expect("a completing task panicked");
+        let record = must_task(store.as_ref(), a, task).await;
+        match completion.expect("complete") {
+            Completion::Recorded { .. } => {
+                assert!(!rescued.contains(&task), "task {task} recorded and rescued");
+                assert_eq!(record.state, TaskState::Succeeded, "task {task}");
+            }
+            Completion::Fenced => {
+                assert!(
+                    rescued.contains(&task),
+                    "task {task} fenced but not rescued"
+                );
+                assert_eq!(record.state, TaskState::Queued, "task {task}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        fenced_completions(store.as_ref()).await,
+        fenced_before + refused
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// per-resource queues
+// ---------------------------------------------------------------------------------------
+
+/// With OnBusy::Queue a task on a busy resource is accepted but not runnable: it shows
+/// the task just ahead of it and its position, cannot be claimed, and its state
+/// precondition is not checked yet. On an idle resource it behaves as usual (runnable
+/// at once, or refused in a wrong state); OnBusy::Refuse still refuses a busy one.
+pub async fn queued_tasks_wait_behind_a_busy_resource(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let (r, idle, stopped) = (ins(1), ins(2), ins(3));
+    instance(store, a, gz(), &r, "RUNNING", json!({}), T0).await;
+    instance(store, a, gz(), &idle, "RUNNING", json!({}), T0).await;
+    instance(store, a, gz(), &stopped, "STOPPED", json!({}), T0).await;
+    let (head, head_runnable) = submit_one(
+        store,
+        a,
+        "StopInstances",
+        existing(&r, &["RUNNING"], stop_effect()),
+        T0 + 1,
+    )
+    .await;
+    assert!(head_runnable, "the first task holds the idle resource");
+    let first = wait_behind(
+        store,
+        a,
+        &r,
+        "StartInstances",
+        &["STOPPED"],
+        start_effect(),
+        T0 + 2,
+    )
+    .await;
+    // RUNNING is not the resource's state now (STOPPING): checked only at its turn.
+    let second = wait_behind(
+        store,
+        a,
+        &r,
+        "RestartInstances",
+        &["RUNNING"],
+        reboot_effect(),
+        T0 + 3,
+    )
+    .await;
+    let waiting = |task, action, effect, now, ahead| TaskRecord {
+        run: RunInfo {
+            blocked_by: Some(ahead),
+            ..RunInfo::default()
+        },
+        ..queued_record(task, a, None, action, &r, &effect, now)
+    };
+    let expected_first = waiting(first, "StartInstances", start_effect(), T0 + 2, (head, 1));
+    let expected_second = waiting(
+        second,
+        "RestartInstances",
+        reboot_effect(),
+        T0 + 3,
+        (first, 2),
+    );
+    assert_eq!(must_task(store, a, first).await, expected_first);
+    assert_eq!(must_task(store, a, second).await, expected_second);
+    assert_eq!(must_task(store, a, head).await.run.blocked_by, None);
+    let res = must_resource(store, a, &r).await;
+    assert_eq!(
+        (res.state, res.active_task),
+        (state("STOPPING"), Some(head)),
+        "the head's transitional state; busy with the head"
+    );
+    for task in [first, second] {
+        assert!(
+            try_claim(store, task, T0 + 4).await.is_none(),
+            "task {task} waits: not claimable"
+        );
+    }
+    claim(store, head, T0 + 5).await;
+    assert_eq!(
+        must_task(store, a, first).await,
+        expected_first,
+        "still behind the running head"
+    );
+    assert_eq!(must_task(store, a, second).await, expected_second);
+
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "StartInstances",
+        false,
+        vec![existing(&r, &[], start_effect())],
+        T0 + 6,
+    );
+    assert_eq!(
+        submit_new(store, sub).await.outcomes,
+        vec![(
+            r.clone(),
+            Err(Rejection::Busy {
+                task: head,
+                action: "StopInstances".into()
+            })
+        )],
+        "OnBusy::Refuse still refuses, naming the head"
+    );
+
+    let (on_idle, on_idle_runnable) = submit_one(
+        store,
+        a,
+        "StopInstances",
+        queued_behind(existing(&idle, &["RUNNING"], stop_effect())),
+        T0 + 7,
+    )
+    .await;
+    assert!(on_idle_runnable, "nothing to wait for on an idle resource");
+    assert_eq!(must_task(store, a, on_idle).await.run.blocked_by, None);
+    let res = must_resource(store, a, &idle).await;
+    assert_eq!(
+        (res.state, res.active_task),
+        (state("STOPPING"), Some(on_idle))
+    );
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "StopInstances",
+        false,
+        vec![
+            queued_behind(existing(&stopped, &["RUNNING"], stop_effect())),
+            queued_behind(existing(&ins(9), &["RUNNING"], stop_effect())),
+        ],
+        T0 + 8,
+    );
+    assert_eq!(
+        submit_new(store, sub).await.outcomes,
+        vec![
+            (
+                stopped.clone(),
+                Err(Rejection::WrongState {
+                    state: state("STOPPED"),
+                    allowed: vec![state("RUNNING")],
+                })
+            ),
+            (ins(9), Err(Rejection::NotFound)),
+        ],
+        "an idle resource checks the precondition at once"
+    );
+}
+
+/// When the head succeeds, the next waiting task gets the resource: the completion
+/// returns it as runnable, the resource shows its transitional state, and the state it
+/// returns to on failure is the state at its promotion (not at its submission).
+pub async fn the_queue_moves_on_when_the_head_succeeds(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let (r, other) = (ins(1), ins(2));
+    instance(store, a, gz(), &r, "RUNNING", json!({}), T0).await;
+    instance(store, a, gz(), &other, "RUNNING", json!({}), T0).await;
+    let head = start_task(store, a, &r, "StopInstances", stop_effect(), T0 + 1).await;
+    let start = wait_behind(
+        store,
+        a,
+        &r,
+        "StartInstances",
+        &["STOPPED"],
+        start_effect(),
+        T0 + 2,
+    )
+    .await;
+    let restart = wait_behind(
+        store,
+        a,
+        &r,
+        "RestartInstances",
+        &["RUNNING"],
+        reboot_effect(),
+        T0 + 3,
+    )
+    .await;
+
+    for (done, next, shows, now) in [
+        (head, start, "STARTING", T0 + 10),
+        (start, restart, "REBOOTING", T0 + 20),
+    ] {
+        assert_eq!(
+            due_by(&finish(store, done, success(), now).await, now),
+            vec![next],
+            "task {done} succeeded: {next} is next"
+        );
+        let res = must_resource(store, a, &r).await;
+        assert_eq!(
+            (res.state, res.active_task),
+            (state(shows), Some(next)),
+            "{next} holds the resource"
+        );
+        assert_eq!(must_task(store, a, next).await.run.blocked_by, None);
+    }
+    assert_eq!(
+        must_task(store, a, restart).await.state,
+        TaskState::Queued,
+        "promoted, not started"
+    );
+    assert_eq!(finish(store, restart, success(), T0 + 30).await, vec![]);
+    let res = must_resource(store, a, &r).await;
+    assert_eq!(
+        (res.state, res.active_task),
+        (state("RUNNING"), None),
+        "back to the state it had when the restart was promoted"
+    );
+
+    let stop = start_task(store, a, &other, "StopInstances", stop_effect(), T0 + 1).await;
+    let start = wait_behind(
+        store,
+        a,
+        &other,
+        "StartInstances",
+        &["STOPPED"],
+        start_effect(),
+        T0 + 2,
+    )
+    .await;
+    assert_eq!(
+        due_by(&finish(store, stop, success(), T0 + 10).await, T0 + 10),
+        vec![start]
+    );
+    assert_eq!(
+        finish(store, start, TaskOutcome::Failed(fault()), T0 + 11).await,
+        vec![]
+    );
+    let res = must_resource(store, a, &other).await;
+    assert_eq!(
+        (res.state, res.active_task),
+        (state("STOPPED"), None),
+        "a failed promoted task returns to the state at its promotion, not STOPPING"
+    );
+}
+
+/// When the head fails, every task waiting behind it ends CANCELED, saying which task
+/// ahead failed; the resource returns as on the head's failure and is free.
+pub async fn a_failed_head_cancels_the_tasks_waiting_behind_it(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let r = ins(1);
+    instance(store, a, gz(), &r, "RUNNING", json!({}), T0).await;
+    let head = start_task(store, a, &r, "StopInstances", stop_effect(), T0 + 1).await;
+    let behind = [
+        (
+            wait_behind(store, a, &r, "StartInstances", &[], start_effect(), T0 + 2).await,
+            "StartInstances",
+            start_effect(),
+            T0 + 2,
+        ),
+        (
+            wait_behind(
+                store,
+                a,
+                &r,
+                "RestartInstances",
+                &[],
+                reboot_effect(),
+                T0 + 3,
+            )
+            .await,
+            "RestartInstances",
+            reboot_effect(),
+            T0 + 3,
+        ),
+    ];
+    assert_eq!(
+        finish(store, head, TaskOutcome::Failed(fault()), T0 + 10).await,
+        vec![],
+        "nothing runs after a failure"
+    );
+    for (task, action, effect, created) in behind {
+        assert_eq!(
+            must_task(store, a, task).await,
+            TaskRecord {
+                state: TaskState::Canceled,
+                finished_at: Some(T0 + 10),
+                error: Some(canceled_behind(head, "StopInstances", &r)),
+                ..queued_record(task, a, None, action, &r, &effect, created)
+            },
+            "{action} behind the failed head"
+        );
+        assert!(try_claim(store, task, T0 + 11).await.is_none());
+    }
+    let res = must_resource(store, a, &r).await;
+    assert_eq!((res.state, res.active_task), (state("RUNNING"), None));
+    start_task(store, a, &r, "StopInstances", stop_effect(), T0 + 12).await;
+}
+
+/// A waiting task whose precondition does not hold when it reaches the head of the
+/// queue ends FAILED, naming the resource's state, and the tasks behind it are canceled
+/// because it failed.
+pub async fn a_precondition_failing_at_promotion_fails_the_task(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let r = ins(1);
+    instance(store, a, gz(), &r, "RUNNING", json!({}), T0).await;
+    let head = start_task(store, a, &r, "StopInstances", stop_effect(), T0 + 1).await;
+    let restart = wait_behind(
+        store,
+        a,
+        &r,
+        "RestartInstances",
+        &["RUNNING"],
+        reboot_effect(),
+        T0 + 2,
+    )
+    .await;
+    let start = wait_behind(store, a, &r, "StartInstances", &[], start_effect(), T0 + 3).await;
+    assert_eq!(
+        finish(store, head, success(), T0 + 10).await,
+        vec![],
+        "the next task cannot run on a STOPPED instance"
+    );
+    let failed = must_task(store, a, restart).await;
+    assert_eq!(
+        (failed.state, failed.finished_at, failed.attempts),
+        (TaskState::Failed, Some(T0 + 10), 0)
+    );
+    let error = failed.error.expect("a failed task has an error");
+    assert_eq!(error.code, TaskError::OPERATION_FAILED);
+    assert!(
+        error.message.contains("STOPPED"),
+        "the message names the state: {error:?}"
+    );
+    let canceled = must_task(store, a, start).await;
+    assert_eq!(
+        (canceled.state, canceled.error),
+        (
+            TaskState::Canceled,
+            Some(canceled_behind(restart, "RestartInstances", &r))
+        )
+    );
+    let res = must_resource(store, a, &r).await;
+    assert_eq!((res.state, res.active_task), (state("STOPPED"), None));
+}
+
+// ---------------------------------------------------------------------------------------
+// cancellation
+// ---------------------------------------------------------------------------------------
+
+/// Canceling a task that has not started ends it CANCELED at once (status 1 for the
+/// legacy API) with a message that says so; its resource returns as on failure and is
+/// free, or goes to the next task waiting for it, which the cancellation returns.
+pub async fn cancel_before_start_ends_the_task(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let (alone, shared) = (ins(1), ins(2));
+    instance(store, a, gz(), &alone, "RUNNING", json!({}), T0).await;
+    instance(store, a, gz(), &shared, "RUNNING", json!({}), T0).await;
+    let lone = start_task(store, a, &alone, "StopInstances", stop_effect(), T0 + 1).await;
+    let reset = effect(Some("REINSTALLING"), Some("RUNNING"), Some("BROKEN"));
+    let head = start_task(store, a, &shared, "ResetInstances", reset.clone(), T0 + 1).await;
+    let next = wait_behind(
+        store,
+        a,
+        &shared,
+        "RestartInstances",
+        &["BROKEN"],
+        reboot_effect(),
+        T0 + 2,
+    )
+    .await;
+
+    let cancellation = cancel(store, a, lone, T0 + 10).await;
+    let expected = TaskRecord {
+        state: TaskState::Canceled,
+        finished_at: Some(T0 + 10),
+        error: Some(canceled_before_start()),
+        ..queued_record(
+            lone,
+            a,
+            None,
+            "StopInstances",
+            &alone,
+            &stop_effect(),
+            T0 + 1,
+        )
+    };
+    assert_eq!(
+        cancellation,
+        Cancellation {
+            tasks: vec![(expected.clone(), CancelOutcome::Canceled)],
+            runnable: vec![],
+        }
+    );
+    assert_eq!(must_task(store, a, lone).await, expected);
+    assert_eq!(expected.state.legacy_status(), 1);
+    let res = must_resource(store, a, &alone).await;
+    assert_eq!(
+        (res.state, res.active_task, res.last_operation),
+        (
+            state("RUNNING"),
+            None,
+            Some(LastOperation {
+                task: lone,
+                action: "StopInstances".into(),
+                state: TaskState::Canceled,
+                error: Some(canceled_before_start()),
+            })
+        )
+    );
+    assert!(try_claim(store, lone, T0 + 11).await.is_none());
+
+    let cancellation = cancel(store, a, head, T0 + 20).await;
+    assert_eq!(
+        cancel_outcomes(&cancellation),
+        vec![(head, CancelOutcome::Canceled)]
+    );
+    assert_eq!(
+        due_by(&cancellation.runnable, T0 + 20),
+        vec![next],
+        "the task behind the canceled one is next"
+    );
+    let res = must_resource(store, a, &shared).await;
+    assert_eq!(
+        (res.state, res.active_task),
+        (state("REBOOTING"), Some(next)),
+        "promoted against the failure state BROKEN"
+    );
+    claim(store, next, T0 + 21).await;
+}
+
+/// Canceling a RUNNING task only asks: the flag shows in its record and in renew, and
+/// the task reaches its own end. Success is still SUCCESS; an executor that stops on
+/// the request ends it CANCELED with its message (the resource as on failure); a
+/// requested retry ends it CANCELED instead of running again.
+pub async fn cancel_while_running_is_a_request(store: &dyn Store) {
+    let a = account(store, "main").await;
+    for n in 1..=3 {
+        instance(store, a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    let mut claims = Vec::new();
+    for n in 1..=3 {
+        let task = start_task(store, a, &ins(n), "StopInstances", stop_effect(), T0 + 1).await;
+        claims.push(claim(store, task, T0 + 10).await);
+    }
+    for claimed in &claims {
+        let task = claimed.task.id;
+        let requested = TaskRecord {
+            run: RunInfo {
+                cancel_requested: true,
+                ..claimed.task.run.clone()
+            },
+            ..claimed.task.clone()
+        };
+        for attempt in 1..=2 {
+            assert_eq!(
+                cancel(store, a, task, T0 + 20).await,
+                Cancellation {
+                    tasks: vec![(requested.clone(), CancelOutcome::Requested)],
+                    runnable: vec![],
+                },
+                "request {attempt} for task {task}"
+            );
+        }
+        assert_eq!(must_task(store, a, task).await, requested);
+        assert_eq!(
+            renew(store, task, claimed.fence, T0 + 20 + LEASE_MS).await,
+            LeaseStatus::Held {
+                cancel_requested: true
+            }
+        );
+    }
+
+    let [finishes, stops, retries] = &claims[..] else {
+        unreachable!("three claims")
+    };
+    complete(store, finishes, success(), T0 + 30).await;
+    let record = must_task(store, a, finishes.task.id).await;
+    assert_eq!(
+        (record.state, record.error),
+        (TaskState::Succeeded, None),
+        "it reached its own end"
+    );
+    assert_eq!(
+        must_resource(store, a, &ins(1)).await.state,
+        state("STOPPED")
+    );
+
+    let message = "stopped on request after 2 of 5 steps";
+    let canceled = TaskOutcome::Canceled {
+        message: message.into(),
+    };
+    assert_eq!(complete(store, stops, canceled, T0 + 31).await, vec![]);
+    let record = must_task(store, a, stops.task.id).await;
+    assert_eq!(
+        (record.state, record.error, record.finished_at),
+        (
+            TaskState::Canceled,
+            Some(TaskError::operation_failed(message)),
+            Some(T0 + 31)
+        )
+    );
+    let res = must_resource(store, a, &ins(2)).await;
+    assert_eq!((res.state, res.active_task), (state("RUNNING"), None));
+
+    let retry = TaskOutcome::Retry {
+        error: fault(),
+        not_before: T0 + 40,
+    };
+    assert_eq!(
+        complete(store, retries, retry, T0 + 32).await,
+        vec![],
+        "a canceled task does not run again"
+    );
+    let record = must_task(store, a, retries.task.id).await;
+    assert_eq!(record.state, TaskState::Canceled);
+    let res = must_resource(store, a, &ins(3)).await;
+    assert_eq!((res.state, res.active_task), (state("RUNNING"), None));
+}
+
+/// Canceling a final task is too late and changes nothing.
+pub async fn cancel_of_a_final_task_is_too_late(store: &dyn Store) {
+    let a = account(store, "main").await;
+    for n in 1..=3 {
+        instance(store, a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    let succeeded = start_task(store, a, &ins(1), "StopInstances", stop_effect(), T0 + 1).await;
+    finish(store, succeeded, success(), T0 + 2).await;
+    let failed = start_task(store, a, &ins(2), "StopInstances", stop_effect(), T0 + 1).await;
+    finish(store, failed, TaskOutcome::Failed(fault()), T0 + 2).await;
+    let canceled = start_task(store, a, &ins(3), "StopInstances", stop_effect(), T0 + 1).await;
+    cancel(store, a, canceled, T0 + 2).await;
+    for task in [succeeded, failed, canceled] {
+        let before = must_task(store, a, task).await;
+        let res_before = must_resource(store, a, &before.resource).await;
+        assert_eq!(
+            cancel(store, a, task, T0 + 10).await,
+            Cancellation {
+                tasks: vec![(before.clone(), CancelOutcome::TooLate)],
+                runnable: vec![],
+            },
+            "task {task} is {}",
+            before.state
+        );
+        assert_eq!(must_task(store, a, task).await, before);
+        assert_eq!(must_resource(store, a, &before.resource).await, res_before);
+    }
+}
+
+/// A group's ID cancels each of its tasks, in task order, each as its state allows; a
+/// group whose tasks queue on one resource is canceled whole, leaving the resource free.
+pub async fn cancel_of_a_group_cancels_each_task(store: &dyn Store) {
+    let a = account(store, "main").await;
+    for n in 1..=4 {
+        instance(store, a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "StopInstances",
+        true,
+        (1..=3)
+            .map(|n| existing(&ins(n), &["RUNNING"], stop_effect()))
+            .collect(),
+        T0 + 1,
+    );
+    let report = submit_new(store, sub).await;
+    let group = report.group.expect("a group");
+    let [done, running, queued] = report.accepted().collect::<Vec<_>>()[..] else {
+        panic!("three tasks accepted: {report:?}")
+    };
+    finish(store, done, success(), T0 + 2).await;
+    claim(store, running, T0 + 3).await;
+
+    let cancellation = cancel(store, a, group, T0 + 10).await;
+    assert_eq!(
+        cancel_outcomes(&cancellation),
+        vec![
+            (done, CancelOutcome::TooLate),
+            (running, CancelOutcome::Requested),
+            (queued, CancelOutcome::Canceled),
+        ]
+    );
+    assert_eq!(cancellation.runnable, vec![]);
+    let members = store
+        .group(a, group)
+        .await
+        .expect("group")
+        .expect("the group exists");
+    for ((reported, _), record) in cancellation.tasks.iter().zip(&members.tasks) {
+        assert_eq!(
+            reported, record,
+            "the cancellation reports the task as it is now"
+        );
+    }
+    assert_eq!(
+        members.tasks.iter().map(|t| t.state).collect::<Vec<_>>(),
+        vec![
+            TaskState::Succeeded,
+            TaskState::Running,
+            TaskState::Canceled
+        ]
+    );
+
+    // A chain on one resource: the second waits for the first.
+    let r = ins(4);
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "StopInstances",
+        true,
+        vec![
+            existing(&r, &["RUNNING"], stop_effect()),
+            queued_behind(existing(&r, &["STOPPED"], start_effect())),
+        ],
+        T0 + 20,
+    );
+    let report = submit_new(store, sub).await;
+    let chain = report.group.expect("a group");
+    let [first, second] = report.accepted().collect::<Vec<_>>()[..] else {
+        panic!("two tasks accepted: {report:?}")
+    };
+    assert_eq!(
+        must_task(store, a, second).await.run.blocked_by,
+        Some((first, 1))
+    );
+    let cancellation = cancel(store, a, chain, T0 + 21).await;
+    assert_eq!(
+        cancel_outcomes(&cancellation),
+        vec![
+            (first, CancelOutcome::Canceled),
+            (second, CancelOutcome::Canceled)
+        ]
+    );
+    assert_eq!(
+        cancellation.runnable,
+        vec![],
+        "nothing of the canceled chain runs"
+    );
+    for task in [first, second] {
+        assert_eq!(must_task(store, a, task).await.state, TaskState::Canceled);
+    }
+    let res = must_resource(store, a, &r).await;
+    assert_eq!((res.state, res.active_task), (state("RUNNING"), None));
+}
+
+/// Cancel finds only the account's own tasks and groups: an unknown ID or another
+/// account's is None, and changes nothing.
+pub async fn cancel_finds_only_the_accounts_tasks(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let b = account(store, "other").await;
+    instance(store, b, gz(), &ins(1), "RUNNING", json!({}), T0).await;
+    let (sub, _) = submission(
+        b,
+        gz(),
+        "StopInstances",
+        true,
+        vec![existing(&ins(1), &[], stop_effect())],
+        T0 + 1,
+    );
+    let report = submit_new(store, sub).await;
+    let (group, task) = (report.group.expect("a group"), only_task(&report));
+    let before = all_tasks(store, b).await;
+    let unknown = RequestId::new(task.get() + 1_000).expect("an ID");
+    for id in [task, group, unknown] {
+        assert_eq!(
+            store.cancel(a, id, T0 + 2).await.expect("cancel"),
+            None,
+            "{id} is not account a's"
+        );
+    }
+    assert_eq!(all_tasks(store, b).await, before);
+    assert_eq!(
+        must_resource(store, b, &ins(1)).await.active_task,
+        Some(task)
+    );
+}
+
+/// Canceling a task that waits behind another leaves the head and the resource alone;
+/// the tasks behind it move up.
+pub async fn cancel_of_a_waiting_task_leaves_the_head_alone(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let r = ins(1);
+    instance(store, a, gz(), &r, "RUNNING", json!({}), T0).await;
+    let head = start_task(store, a, &r, "StopInstances", stop_effect(), T0 + 1).await;
+    let first = wait_behind(store, a, &r, "StartInstances", &[], start_effect(), T0 + 2).await;
+    let second = wait_behind(
+        store,
+        a,
+        &r,
+        "RestartInstances",
+        &[],
+        reboot_effect(),
+        T0 + 3,
+    )
+    .await;
+    let running = claim(store, head, T0 + 4).await;
+    let res_before = must_resource(store, a, &r).await;
+
+    let cancellation = cancel(store, a, first, T0 + 5).await;
+    assert_eq!(
+        cancel_outcomes(&cancellation),
+        vec![(first, CancelOutcome::Canceled)]
+    );
+    assert_eq!(cancellation.runnable, vec![]);
+    let record = must_task(store, a, first).await;
+    assert_eq!(
+        (record.state, record.error),
+        (TaskState::Canceled, Some(canceled_before_start()))
+    );
+    assert_eq!(
+        must_task(store, a, head).await,
+        running.task,
+        "the head runs on"
+    );
+    assert_eq!(
+        must_resource(store, a, &r).await,
+        res_before,
+        "the resource is untouched"
+    );
+    assert_eq!(
+        must_task(store, a, second).await.run.blocked_by,
+        Some((head, 1)),
+        "the task behind moved up"
+    );
+    assert_eq!(
+        due_by(&complete(store, &running, success(), T0 + 6).await, T0 + 6),
+        vec![second]
+    );
+    assert_eq!(must_task(store, a, first).await.state, TaskState::Canceled);
+}
+
+/// A creation canceled before it started leaves its resource in the effect's failure
+/// state, free.
+pub async fn a_canceled_creation_leaves_the_failure_state(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let r = ins(1);
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "RunInstances",
+        false,
+        vec![creating(
+            new_resource(&r, KIND, "PENDING", json!({})),
+            effect(None, Some("RUNNING"), Some("LAUNCH_FAILED")),
+        )],
+        T0,
+    );
+    let task = only_task(&submit_new(store, sub).await);
+    let cancellation = cancel(store, a, task, T0 + 1).await;
+    assert_eq!(
+        cancel_outcomes(&cancellation),
+        vec![(task, CancelOutcome::Canceled)]
+    );
+    let res = must_resource(store, a, &r).await;
+    assert_eq!((res.state, res.active_task), (state("LAUNCH_FAILED"), None));
+}
+
+// ---------------------------------------------------------------------------------------
+// retention
+// ---------------------------------------------------------------------------------------
+
+/// Purge deletes final tasks that finished before the cutoff, a batch at a time (it says
+/// when a batch was full), never an unfinished task or a newer one; a group goes with
+/// its last task. `purged` then answers true for every deleted ID, and false for IDs
+/// above the highest one deleted and for other accounts.
+pub async fn purge_deletes_finished_tasks_in_batches(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let b = account(store, "other").await;
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "RunInstances",
+        true,
+        (1..=4)
+            .map(|n| {
+                creating(
+                    new_resource(&ins(n), KIND, "RUNNING", json!({})),
+                    Effect::default(),
+                )
+            })
+            .collect(),
+        T0,
+    );
+    let report = submit_new(store, sub).await;
+    let created_group = report.group.expect("a group");
+    let creations: Vec<RequestId> = report.accepted().collect();
+    for task in &creations {
+        finish(store, *task, success(), T0 + 10).await;
+    }
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "StopInstances",
+        true,
+        vec![
+            existing(&ins(1), &[], stop_effect()),
+            existing(&ins(2), &[], stop_effect()),
+        ],
+        T0 + 20,
+    );
+    let report = submit_new(store, sub).await;
+    let half_done_group = report.group.expect("a group");
+    let [stopped, still_queued] = report.accepted().collect::<Vec<_>>()[..] else {
+        panic!("two tasks accepted: {report:?}")
+    };
+    finish(store, stopped, success(), T0 + 30).await;
+    let still_running =
+        start_task(store, a, &ins(4), "StopInstances", stop_effect(), T0 + 40).await;
+    claim(store, still_running, T0 + 41).await;
+    let newer = instance(store, a, gz(), &ins(5), "RUNNING", json!({}), T0 + 1_000).await;
+    let theirs = instance(store, b, gz(), &ins(6), "RUNNING", json!({}), T0 + 1_000).await;
+    let half_done_before = store
+        .group(a, half_done_group)
+        .await
+        .expect("group")
+        .expect("the group exists");
+
+    let retention = Retention {
+        tasks_finished_before: T0 + 100,
+        ..retain_everything(2)
+    };
+    let reports = purge_all(store, retention.clone(), 10).await;
+    let tasks_per_batch: Vec<(u64, bool)> = reports.iter().map(|r| (r.tasks, r.more)).collect();
+    assert_eq!(
+        tasks_per_batch,
+        vec![(2, true), (2, true), (1, false)],
+        "five old final tasks in batches of two: {reports:?}"
+    );
+    let groups: u64 = reports.iter().map(|r| r.groups).sum();
+    assert_eq!(groups, 1, "only the group left empty: {reports:?}");
+    for r in &reports {
+        assert_eq!((r.nonces, r.tokens, r.resources), (0, 0, 0), "{r:?}");
+    }
+    assert_eq!(
+        store.purge(retention).await.expect("purge"),
+        PurgeReport::default(),
+        "nothing more to delete"
+    );
+
+    let deleted: Vec<RequestId> = creations.iter().copied().chain([stopped]).collect();
+    for task in &deleted {
+        assert_eq!(
+            store.task(a, *task).await.expect("task"),
+            None,
+            "task {task}"
+        );
+    }
+    assert_eq!(store.group(a, created_group).await.expect("group"), None);
+    let half_done = store
+        .group(a, half_done_group)
+        .await
+        .expect("group")
+        .expect("a group with an unfinished task stays");
+    assert_eq!(
+        half_done,
+        GroupRecord {
+            tasks: vec![half_done_before.tasks[1].clone()],
+            ..half_done_before
+        },
+        "it keeps its unfinished task"
+    );
+    for (task, expected) in [
+        (still_queued, TaskState::Queued),
+        (still_running, TaskState::Running),
+        (newer, TaskState::Succeeded),
+    ] {
+        assert_eq!(
+            must_task(store, a, task).await.state,
+            expected,
+            "task {task}"
+        );
+    }
+    assert_eq!(
+        must_task(store, b, theirs).await.state,
+        TaskState::Succeeded
+    );
+
+    let purged = |account: AccountId, id: RequestId| async move {
+        store.purged(account, id).await.expect("purged")
+    };
+    for id in deleted.iter().copied().chain([created_group]) {
+        assert!(purged(a, id).await, "{id} was purged");
+        assert!(!purged(b, id).await, "{id} is not account b's");
+    }
+    for id in [still_queued, still_running, newer] {
+        assert!(!purged(a, id).await, "{id} is above every purged ID");
+    }
+    assert!(!purged(b, theirs).await, "account b purged nothing");
+    let counts = tasks_by_state(store).await;
+    let expected: HashMap<TaskState, u64> = [
+        (TaskState::Queued, 1),
+        (TaskState::Running, 1),
+        (TaskState::Succeeded, 2),
+    ]
+    .into();
+    assert_eq!(counts, expected, "the tasks left");
+}
+
+/// Purge deletes nonces whose request expired before the cutoff (the nonce is then
+/// fresh again) and client tokens first used before it (the token is then new), in
+/// batches; newer ones stay.
+pub async fn purge_deletes_expired_nonces_and_old_client_tokens(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let me = secret();
+    let expiring = |nonce: u64, signature: &str, expires_at: UnixMillis| NonceClaim {
+        expires_at,
+        ..nonce_claim(&me, nonce, signature)
+    };
+    for (nonce, expires_at) in [(1, T0 + 10), (2, T0 + 20), (3, T0 + 30), (4, T0 + 1_000)] {
+        let claim = expiring(nonce, "first", expires_at);
+        assert_eq!(
+            store.record_nonce(claim).await.expect("record_nonce"),
+            NonceOutcome::Fresh
+        );
+    }
+    let with_token = |name: &str, fingerprint: &str, n: u32, now: UnixMillis| {
+        let (mut sub, _) = submission(
+            a,
+            gz(),
+            "RunInstances",
+            false,
+            vec![creating(
+                new_resource(&ins(n), KIND, "PENDING", json!({})),
+                Effect::default(),
+            )],
+            now,
+        );
+        sub.idempotency = token(name, fingerprint);
+        sub
+    };
+    submit_new(store, with_token("old", "fp", 1, T0 + 5)).await;
+    submit_new(store, with_token("new", "fp", 2, T0 + 500)).await;
+
+    let retention = Retention {
+        nonces_expired_before: T0 + 100,
+        tokens_created_before: T0 + 100,
+        ..retain_everything(2)
+    };
+    assert_eq!(
+        purge_all(store, retention, 5).await,
+        vec![
+            PurgeReport {
+                nonces: 2,
+                tokens: 1,
+                more: true,
+                ..PurgeReport::default()
+            },
+            PurgeReport {
+                nonces: 1,
+                ..PurgeReport::default()
+            },
+        ]
+    );
+
+    let later = T0 + 300_000;
+    assert_eq!(
+        store
+            .record_nonce(expiring(1, "another request", later))
+            .await
+            .expect("record_nonce"),
+        NonceOutcome::Fresh,
+        "a purged nonce is fresh again"
+    );
+    match store
+        .record_nonce(expiring(4, "another request", later))
+        .await
+    {
+        Err(StoreError::NonceReused { nonce: 4, .. }) => {}
+        other => panic!("an unexpired nonce is still remembered, got {other:?}"),
+    }
+    submit_new(store, with_token("old", "other parameters", 3, T0 + 600)).await;
+    match store
+        .submit(with_token("new", "other parameters", 4, T0 + 600))
+        .await
+    {
+        Err(StoreError::TokenReused { token }) => assert_eq!(token, "new"),
+        other => panic!("a recent token is still remembered, got {other:?}"),
+    }
+}
+
+/// Purge deletes resources of a kind that have been idle in a state since before the
+/// cutoff, in batches; not busy ones, newer ones, other states or other kinds.
+pub async fn purge_deletes_idle_resources_of_a_kind_and_state(store: &dyn Store) {
+    let a = account(store, "main").await;
+    for (n, state_name, since) in [
+        (1, "TERMINATED", T0 + 10),
+        (2, "TERMINATED", T0 + 20),
+        (3, "TERMINATED", T0 + 500),
+        (4, "RUNNING", T0 + 10),
+        (5, "TERMINATED", T0 + 10),
+    ] {
+        instance(store, a, gz(), &ins(n), state_name, json!({}), since).await;
+    }
+    start_task(
+        store,
+        a,
+        &ins(5),
+        "TerminateInstances",
+        Effect::default(),
+        T0 + 20,
+    )
+    .await;
+    let lb = ResourceId::parse("lb", "lb-00000001").expect("an ID");
+    create_idle(
+        store,
+        a,
+        gz(),
+        new_resource(&lb, "loadbalancer", "TERMINATED", json!({})),
+        T0 + 10,
+    )
+    .await;
+
+    let retention = Retention {
+        resources: vec![ResourceRetention {
+            kind: KIND.into(),
+            state: state("TERMINATED"),
+            idle_before: T0 + 100,
+        }],
+        ..retain_everything(1)
+    };
+    let reports = purge_all(store, retention, 5).await;
+    assert_eq!(
+        reports
+            .iter()
+            .map(|r| (r.resources, r.more))
+            .collect::<Vec<_>>(),
+        vec![(1, true), (1, true), (0, false)],
+        "{reports:?}"
+    );
+    let left = store
+        .resources(a, listing_filter(gz(), KIND), EVERYTHING)
+        .await
+        .expect("resources");
+    let left: BTreeSet<ResourceId> = left.items.into_iter().map(|r| r.id).collect();
+    assert_eq!(left, [ins(3), ins(4), ins(5)].into_iter().collect());
+    assert!(
+        resource_of(store, a, gz(), "loadbalancer", &lb)
+            .await
+            .is_some(),
+        "another kind stays"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// stats
+// ---------------------------------------------------------------------------------------
+
+/// Stats count the tasks of every account by state, and start with no task and no
+/// refused completion.
+pub async fn stats_count_tasks_by_state(store: &dyn Store) {
+    assert_eq!(
+        tasks_by_state(store).await,
+        HashMap::new(),
+        "an empty store"
+    );
+    assert_eq!(fenced_completions(store).await, 0);
+    let a = account(store, "main").await;
+    let b = account(store, "other").await;
+    for n in 1..=5 {
+        instance(store, a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    instance(store, b, gz(), &ins(6), "RUNNING", json!({}), T0).await;
+    let mut stops = Vec::new();
+    for n in 1..=5 {
+        stops.push(start_task(store, a, &ins(n), "StopInstances", stop_effect(), T0 + 1).await);
+    }
+    let [_queued, running, failed, canceled, succeeded] = stops[..] else {
+        unreachable!("five tasks")
+    };
+    wait_behind(
+        store,
+        a,
+        &ins(1),
+        "StartInstances",
+        &[],
+        start_effect(),
+        T0 + 2,
+    )
+    .await;
+    claim(store, running, T0 + 3).await;
+    finish(store, failed, TaskOutcome::Failed(fault()), T0 + 3).await;
+    cancel(store, a, canceled, T0 + 3).await;
+    finish(store, succeeded, success(), T0 + 3).await;
+    let expected: HashMap<TaskState, u64> = [
+        (TaskState::Queued, 2),
+        (TaskState::Running, 1),
+        (TaskState::Succeeded, 7),
+        (TaskState::Failed, 1),
+        (TaskState::Canceled, 1),
+    ]
+    .into();
+    assert_eq!(tasks_by_state(store).await, expected);
+}
+
+// ---------------------------------------------------------------------------------------
 // group commit under concurrency
 // ---------------------------------------------------------------------------------------
 
@@ -1909,7 +4059,7 @@ pub async fn concurrent_submits_all_commit_with_distinct_ids(store: Arc<dyn Stor
     for handle in handles {
         let (n, result, probe) = handle.await.expect("a submitting task panicked");
         let (report, answer) = match result {
-            Ok(Submitted::New { report, answer }) => (report, answer),
+            Ok(Submitted::New { report, answer, .. }) => (report, answer),
             other => panic!("submission {n} should commit, got {other:?}"),
         };
         assert_eq!(probe.calls(), vec![report.clone()], "submission {n}");
@@ -1944,7 +4094,7 @@ pub async fn concurrent_submits_all_commit_with_distinct_ids(store: Arc<dyn Stor
     assert_eq!(task_count(store.as_ref(), a).await, u64::from(N));
     let mut tasks: Vec<RequestId> = created.iter().map(|(_, t, _)| *t).collect();
     tasks.sort();
-    assert_eq!(store.recover().await.expect("recover"), tasks);
+    assert_eq!(due_by(&recover(store.as_ref(), T0).await, T0), tasks);
 }
 
 /// A submission that fails (a duplicate resource) among many in flight does not disturb
@@ -2108,7 +4258,7 @@ pub async fn concurrent_claims_have_one_winner(store: Arc<dyn Store>) {
         .flat_map(|_| tasks.iter().copied())
         .map(|task| {
             let store = Arc::clone(&store);
-            tokio::spawn(async move { (task, store.claim(task, T0 + 1).await) })
+            tokio::spawn(async move { (task, store.claim(task, lease(T0 + 1)).await) })
         })
         .collect();
     let mut wins = std::collections::BTreeMap::<RequestId, usize>::new();
@@ -2652,19 +4802,18 @@ pub async fn resource_listing_shows_the_latest_operation(store: &dyn Store) {
     );
 
     let next = start_task(store, a, &r, "StopInstances", stop, T0 + 4).await;
+    let mut running = None;
     for (phase, expected) in [
         ("queued", TaskState::Queued),
         ("running", TaskState::Running),
         ("done", TaskState::Succeeded),
     ] {
         match phase {
-            "running" => {
-                claim(store, next, T0 + 5).await;
+            "running" => running = Some(claim(store, next, T0 + 5).await),
+            "done" => {
+                let claimed = running.as_ref().expect("claimed while running");
+                complete(store, claimed, success(), T0 + 6).await;
             }
-            "done" => store
-                .complete(next, success(), T0 + 6)
-                .await
-                .expect("complete"),
             _ => {}
         }
         let res = must_resource(store, a, &r).await;
