@@ -133,9 +133,9 @@ pub enum Step {
     /// The lease was taken over while the executor ran: its outcome was refused.
     Fenced,
     /// The lease could not be renewed in time or was taken over: the executor was
-    /// stopped and nothing recorded. `requeued`: nobody had taken the task yet, so
-    /// this worker gave it back to the queue (it must be dispatched again).
-    LeaseLost { requeued: bool },
+    /// stopped and nothing recorded. If nobody had taken the task yet, this worker
+    /// gave it back; `runnable` is what must be dispatched again.
+    LeaseLost { runnable: Vec<Runnable> },
     /// Shutdown: the task was given back to the queue (or, if the store could not be
     /// reached, left RUNNING for the next start).
     Released,
@@ -212,8 +212,14 @@ impl Worker {
             () = self.hold_lease(task, fence, claimed_at, &cancel) => {
                 drop(execution);
                 tracing::warn!(%task, fence, "lost the lease; stopped the executor");
-                let requeued = self.store.release(task, fence, now_millis()).await.unwrap_or(false);
-                return Step::LeaseLost { requeued };
+                let runnable = match self.store.release(task, fence, now_millis()).await {
+                    Ok(released) => released.unwrap_or_default(),
+                    Err(error) => {
+                        tracing::error!(%task, %error, "cannot release the task; rescue will take it");
+                        Vec::new()
+                    }
+                };
+                return Step::LeaseLost { runnable };
             }
             _ = stop.cancelled() => {
                 drop(execution);
@@ -386,12 +392,10 @@ async fn run(
         let stop = stop.clone();
         tokio::spawn(async move {
             match worker.run(task, &stop).await {
-                Step::Recorded { runnable, .. } => dispatcher.enqueue(runnable),
-                Step::LeaseLost { requeued: true } => dispatcher.enqueue([Runnable {
-                    task,
-                    not_before: now_millis(),
-                }]),
-                _ => {}
+                Step::Recorded { runnable, .. } | Step::LeaseLost { runnable } => {
+                    dispatcher.enqueue(runnable)
+                }
+                Step::NotClaimable | Step::Fenced | Step::Released => {}
             }
             drop(slot);
         });

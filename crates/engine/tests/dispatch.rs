@@ -411,7 +411,12 @@ async fn a_panicking_executor_fails_the_task_and_frees_the_resource() {
 /// then claimed under a new fence.
 async fn take_over(f: &Fixture, task: RequestId) -> u64 {
     let fence = record(f, task).await.run.fence;
-    assert!(f.store.release(task, fence, now_millis()).await.unwrap());
+    assert!(f
+        .store
+        .release(task, fence, now_millis())
+        .await
+        .unwrap()
+        .is_some());
     let now = now_millis();
     let claimed = f
         .store
@@ -452,7 +457,7 @@ async fn a_worker_that_finds_its_lease_taken_stops_its_executor_and_records_noth
     assert_eq!(held.run.lease.as_ref().unwrap().owner, "test-node");
     let new_fence = take_over(&f, task).await;
 
-    assert_eq!(step.await.unwrap(), Step::LeaseLost { requeued: false });
+    assert_eq!(step.await.unwrap(), Step::LeaseLost { runnable: vec![] });
     assert!(
         hanging.dropped.load(Ordering::SeqCst),
         "the executor was stopped"

@@ -139,7 +139,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn release(&self, task: RequestId, fence: Fence, now: UnixMillis) -> StoreResult<bool> {
+    async fn release(
+        &self,
+        task: RequestId,
+        fence: Fence,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Vec<Runnable>>> {
         self.writer
             .write(move |c, _| writes::release(c, task, fence, now))
             .await

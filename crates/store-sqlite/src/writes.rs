@@ -403,13 +403,14 @@ struct Unfinished {
     state: String,
     fence: i64,
     cancel_requested: bool,
+    attempts: u32,
 }
 
 fn unfinished(conn: &Connection, task: i64) -> StoreResult<Option<Unfinished>> {
     let row = conn
         .prepare_cached(
             "SELECT account_id, resource_id, action, effect, prior_state, state, fence,
-                    cancel_requested
+                    cancel_requested, attempts
              FROM tasks WHERE id = ?1",
         )
         .and_then(|mut s| {
@@ -423,13 +424,24 @@ fn unfinished(conn: &Connection, task: i64) -> StoreResult<Option<Unfinished>> {
                     r.get::<_, String>(5)?,
                     r.get::<_, i64>(6)?,
                     r.get::<_, bool>(7)?,
+                    r.get::<_, u32>(8)?,
                 ))
             })
             .optional()
         })
         .map_err(backend)?;
     row.map(
-        |(account, resource, action, effect, prior_state, state, fence, cancel_requested)| {
+        |(
+            account,
+            resource,
+            action,
+            effect,
+            prior_state,
+            state,
+            fence,
+            cancel_requested,
+            attempts,
+        )| {
             Ok(Unfinished {
                 id: task,
                 account,
@@ -440,6 +452,7 @@ fn unfinished(conn: &Connection, task: i64) -> StoreResult<Option<Unfinished>> {
                 state,
                 fence,
                 cancel_requested,
+                attempts,
             })
         },
     )
@@ -696,15 +709,14 @@ pub fn release(
     task: RequestId,
     fence: Fence,
     now: UnixMillis,
-) -> StoreResult<bool> {
+) -> StoreResult<Option<Vec<Runnable>>> {
     let Some(found) = unfinished(conn, task.get() as i64)? else {
-        return Ok(false);
+        return Ok(None);
     };
     if found.state != "RUNNING" || found.fence != fence as i64 {
-        return Ok(false);
+        return Ok(None);
     }
-    requeue(conn, &found, now)?;
-    Ok(true)
+    requeue(conn, &found, now).map(Some)
 }
 
 /// Puts a RUNNING task back in the queue, runnable now; a task whose cancel was asked
@@ -841,9 +853,13 @@ pub fn cancel(
                 CancelOutcome::Requested
             }
             "QUEUED" => {
-                let ending = Ending::Canceled(TaskError::operation_failed(
-                    "canceled by request before it started",
-                ));
+                let message = match found.attempts {
+                    0 => "canceled by request before it started".to_owned(),
+                    n => {
+                        format!("canceled by request while waiting to retry, after {n} attempt(s)")
+                    }
+                };
+                let ending = Ending::Canceled(TaskError::operation_failed(message));
                 runnable.extend(finish(conn, &found, ending, now)?);
                 CancelOutcome::Canceled
             }

@@ -67,6 +67,7 @@ on_a_fresh_store! {
     retry_requeues_the_task_after_its_backoff,
     rescue_requeues_expired_leases_not_kept,
     a_rescued_task_with_a_cancel_request_ends_canceled,
+    a_released_task_with_a_cancel_request_hands_on_its_resource,
     release_puts_a_running_task_back,
     recover_returns_only_the_heads_of_resource_queues,
     queued_tasks_wait_behind_a_busy_resource,

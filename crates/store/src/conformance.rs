@@ -619,7 +619,18 @@ async fn renew(
         .unwrap_or_else(|e| panic!("renew({task}) failed: {e}"))
 }
 
+/// Releases a task; true when the fence held it.
 async fn release(store: &dyn Store, task: RequestId, fence: Fence, now: UnixMillis) -> bool {
+    released(store, task, fence, now).await.is_some()
+}
+
+/// Releases a task; what can run now, or `None` when the fence did not hold it.
+async fn released(
+    store: &dyn Store,
+    task: RequestId,
+    fence: Fence,
+    now: UnixMillis,
+) -> Option<Vec<Runnable>> {
     store
         .release(task, fence, now)
         .await
@@ -2693,6 +2704,37 @@ pub async fn rescue_requeues_expired_leases_not_kept(store: &dyn Store) {
 /// A rescued task whose cancel was requested ends CANCELED instead of running again: its
 /// resource returns as on failure, and a task waiting behind it gets the resource and
 /// is returned by the rescue.
+/// A worker that gives back a task whose cancel was requested ends it CANCELED and
+/// hands the resource to the task waiting behind it, which it returns to run.
+pub async fn a_released_task_with_a_cancel_request_hands_on_its_resource(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let id = ins(1);
+    instance(store, a, gz(), &id, "RUNNING", json!({}), T0).await;
+    let stop = start_task(store, a, &id, "StopInstances", stop_effect(), T0 + 1).await;
+    let waiting = wait_behind(
+        store,
+        a,
+        &id,
+        "RestartInstances",
+        &["RUNNING"],
+        reboot_effect(),
+        T0 + 2,
+    )
+    .await;
+    let held = claim(store, stop, T0 + 10).await;
+    cancel(store, a, stop, T0 + 11).await;
+    let runnable = released(store, stop, held.fence, T0 + 12)
+        .await
+        .expect("the fence held the task");
+    assert_eq!(due_by(&runnable, T0 + 12), vec![waiting]);
+    assert_eq!(must_task(store, a, stop).await.state, TaskState::Canceled);
+    let resource = must_resource(store, a, &id).await;
+    assert_eq!(
+        (resource.state, resource.active_task),
+        (state("REBOOTING"), Some(waiting))
+    );
+}
+
 pub async fn a_rescued_task_with_a_cancel_request_ends_canceled(store: &dyn Store) {
     let a = account(store, "main").await;
     let (alone, shared) = (ins(1), ins(2));

@@ -83,9 +83,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Completion>;
 
     /// Gives a running task back to the queue without counting an outcome (shutdown, or
-    /// a worker that lost its lease): runnable at once. False when `fence` no longer
-    /// holds the task.
-    async fn release(&self, task: RequestId, fence: Fence, now: UnixMillis) -> StoreResult<bool>;
+    /// a worker that lost its lease): runnable at once — or CANCELED, if a cancel was
+    /// requested, and then the resource's next task may run. Returns what can run now;
+    /// `None` when `fence` no longer holds the task.
+    async fn release(
+        &self,
+        task: RequestId,
+        fence: Fence,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Vec<Runnable>>>;
 
     /// Puts RUNNING tasks whose lease expired before `now` back to QUEUED, except those
     /// in `keep` (tasks this process still runs); returns them.
