@@ -3,9 +3,8 @@
 //! Every option has one flag, one variable and one file key (the flag's name with `_`).
 
 use anyhow::{bail, Context};
+use qtask_engine::catalog::file::PolicyFile;
 use qtask_engine::maintenance::RetentionSettings;
-use qtask_engine::policy::Policy;
-use qtask_store::OnBusy;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -107,65 +106,21 @@ pub struct ServeArgs {
     /// `on_busy = "queue"` (or `"refuse"`).
     #[arg(skip)]
     #[serde(default)]
-    pub actions: HashMap<String, ActionSettings>,
-}
-
-/// One action's policy overrides, from the configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionSettings {
-    pub max_attempts: Option<u32>,
-    pub timeout: Option<String>,
-    pub backoff: Option<String>,
-    pub backoff_max: Option<String>,
-    pub on_busy: Option<OnBusySetting>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnBusySetting {
-    Refuse,
-    Queue,
-}
-
-impl ActionSettings {
-    /// Applies these overrides to the catalog's policy for `action`.
-    pub fn apply(&self, action: &str, mut policy: Policy) -> anyhow::Result<Policy> {
-        let key = |name: &str| format!("actions.{action}.{name}");
-        if let Some(n) = self.max_attempts {
-            if n == 0 {
-                bail!("{} must be at least 1", key("max_attempts"));
-            }
-            policy.max_attempts = n;
-        }
-        if let Some(text) = &self.timeout {
-            policy.timeout = positive_duration(&key("timeout"), text)?;
-        }
-        if let Some(text) = &self.backoff {
-            policy.backoff = duration(&key("backoff"), text)?;
-        }
-        if let Some(text) = &self.backoff_max {
-            policy.backoff_max = duration(&key("backoff_max"), text)?;
-        }
-        if let Some(on_busy) = self.on_busy {
-            policy.on_busy = match on_busy {
-                OnBusySetting::Refuse => OnBusy::Refuse,
-                OnBusySetting::Queue => OnBusy::Queue,
-            };
-        }
-        Ok(policy)
-    }
-}
-
-/// A duration such as `30s`, `5m`, `7d` or `250ms`.
-fn duration(option: &str, text: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(text).with_context(|| {
-        format!("{option} must be a duration such as 30s, 5m, 12h or 7d, not {text:?}")
-    })
+    pub actions: HashMap<String, PolicyFile>,
+    /// A catalog file of resource types and actions to add or override (repeatable;
+    /// later files win).
+    #[arg(
+        long = "catalog",
+        env = "QTASK_CATALOGS",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub catalogs: Vec<PathBuf>,
 }
 
 fn positive_duration(option: &str, text: &str) -> anyhow::Result<Duration> {
-    let value = duration(option, text)?;
+    let value = qtask_engine::catalog::file::duration(option, text).map_err(anyhow::Error::msg)?;
     if value.is_zero() {
         bail!("{option} must be longer than 0");
     }
@@ -189,7 +144,8 @@ pub struct ServeConfig {
     pub lease: Duration,
     pub retention: RetentionSettings,
     pub sim_journal: Option<PathBuf>,
-    pub actions: HashMap<String, ActionSettings>,
+    pub actions: HashMap<String, PolicyFile>,
+    pub catalogs: Vec<PathBuf>,
 }
 
 impl ServeConfig {
@@ -284,6 +240,11 @@ impl ServeConfig {
             retention,
             sim_journal: args.sim_journal.or(file.sim_journal),
             actions: file.actions,
+            catalogs: if args.catalogs.is_empty() {
+                file.catalogs
+            } else {
+                args.catalogs
+            },
         })
     }
 }
@@ -334,6 +295,9 @@ mod tests {
         assert_eq!(config.retention.tasks, Duration::from_secs(7 * 24 * 3600));
     }
 
+    use qtask_engine::policy::Policy;
+    use qtask_store::OnBusy;
+
     #[test]
     fn action_policies_and_durations_come_from_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -351,23 +315,20 @@ mod tests {
         assert_eq!(config.lease, Duration::from_secs(2));
         assert_eq!(config.retention.tasks, Duration::from_secs(90 * 60));
         let policy = config.actions["StartInstances"]
-            .apply("StartInstances", Policy::default())
+            .apply(Policy::default())
             .unwrap();
         assert_eq!(policy.max_attempts, 5);
         assert_eq!(policy.timeout, Duration::from_millis(250));
         assert_eq!(policy.on_busy, OnBusy::Queue);
         assert_eq!(policy.backoff, Policy::default().backoff);
 
-        let error = ActionSettings {
+        let error = PolicyFile {
             timeout: Some("soon".into()),
-            ..ActionSettings::default()
+            ..PolicyFile::default()
         }
-        .apply("StopInstances", Policy::default())
+        .apply(Policy::default())
         .unwrap_err();
-        assert!(
-            error.to_string().contains("actions.StopInstances.timeout"),
-            "{error}"
-        );
+        assert!(error.contains("timeout must be a duration"), "{error}");
         let error = ServeConfig::resolve(ServeArgs {
             lease: Some("0s".into()),
             ..ServeArgs::default()

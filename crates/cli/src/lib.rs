@@ -4,6 +4,7 @@
 //! Architecture invariant: this is the only crate that picks a store backend.
 
 pub mod call;
+pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod credentials;

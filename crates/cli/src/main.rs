@@ -1,8 +1,8 @@
-//! The `qtask` command: `serve`, `keys` and `call`.
+//! The `qtask` command: `serve`, `keys`, `call` and `catalog`.
 
 use clap::{Parser, Subcommand};
 use qtask::config::{ServeArgs, ServeConfig};
-use qtask::{call, keys};
+use qtask::{call, catalog, keys};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +35,30 @@ enum Command {
     },
     /// Sign and send one API call, print the answer; --wait follows its tasks.
     Call(Box<call::CallArgs>),
+    /// Show the effective catalog of resource types and actions, or check files.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Print the effective catalog (built-in, then each --catalog file) as TOML.
+    ///
+    /// Example: qtask catalog show --catalog databases.toml
+    Show {
+        #[arg(long = "catalog", env = "QTASK_CATALOGS", value_delimiter = ',')]
+        catalogs: Vec<PathBuf>,
+    },
+    /// Validate catalog files on top of the built-in catalog; errors name the file,
+    /// the line and the problem.
+    ///
+    /// Example: qtask catalog check databases.toml
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,6 +114,10 @@ fn main() -> ExitCode {
                 }
             },
             Command::Call(args) => call::run(*args).await,
+            Command::Catalog { command } => match command {
+                CatalogCommand::Show { catalogs } => catalog::run_show(&catalogs).map(|()| 0),
+                CatalogCommand::Check { files } => catalog::run_check(&files).map(|()| 0),
+            },
         }
     });
     match result {

@@ -160,9 +160,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     served.context("the server failed")
 }
 
-/// The built-in catalog with the configuration file's action policies applied.
+/// The built-in catalog, then the `--catalog` files, then the configuration file's
+/// action policies.
 fn build_catalog(config: &ServeConfig) -> anyhow::Result<Catalog> {
-    let mut catalog = Catalog::builtin();
+    let (mut catalog, _) = crate::catalog::load(&config.catalogs)?;
     for action in config.sim_failure_rates.keys() {
         if catalog.operation(action).is_none() {
             anyhow::bail!("sim_failure_rates names {action:?}, which is not a mutating action");
@@ -172,7 +173,9 @@ fn build_catalog(config: &ServeConfig) -> anyhow::Result<Catalog> {
         let Some(operation) = catalog.operation(action) else {
             anyhow::bail!("[actions.{action}]: {action} is not an action that creates tasks");
         };
-        let policy = settings.apply(action, operation.policy.clone())?;
+        let policy = settings
+            .apply(operation.policy.clone())
+            .map_err(|e| anyhow::anyhow!("[actions.{action}]: {e}"))?;
         catalog
             .set_policy(action, policy)
             .map_err(anyhow::Error::msg)?;

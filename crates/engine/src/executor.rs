@@ -2,6 +2,7 @@
 //! task, a snapshot of its resource and a cancellation signal, and records what it
 //! returns.
 
+use crate::catalog::file::ExecutorSpec;
 use crate::catalog::Catalog;
 use async_trait::async_trait;
 use qtask_core::TaskError;
@@ -81,9 +82,12 @@ impl SimExecutor {
         let durations = catalog
             .action_names()
             .into_iter()
-            .filter_map(|name| {
-                let seconds = catalog.operation(name)?.sim_seconds * settings.speed.max(0.0);
-                Some((name.to_owned(), Duration::from_secs_f64(seconds)))
+            .filter_map(|name| match catalog.operation(name)?.executor {
+                ExecutorSpec::Sim { seconds } => Some((
+                    name.to_owned(),
+                    Duration::from_secs_f64(seconds * settings.speed.max(0.0)),
+                )),
+                _ => None,
             })
             .collect();
         Self {

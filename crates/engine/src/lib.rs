@@ -192,18 +192,29 @@ impl Engine {
             call: &call,
         };
         let plan = match &action.handler {
-            Handler::Query(query) => {
-                if let NonceOutcome::Resent { answer: Some(body) } =
-                    self.store.record_nonce(nonce).await?
-                {
-                    return Ok(Reply::Stored(body));
-                }
-                return query(ctx).await.map(Reply::Fresh);
+            Handler::Query(query) => return self.query(nonce, query(ctx)).await,
+            Handler::Describe(spec) => {
+                return self
+                    .query(nonce, catalog::describe::describe(spec, ctx))
+                    .await
             }
             Handler::Mutate(operation) => operation.plan(&call).await?,
             Handler::Replan(replan) => replan(ctx).await?,
         };
         self.submit(&call, nonce, plan).await
+    }
+
+    /// Records a query's nonce, then answers it (or gives the stored answer of a resent
+    /// request).
+    async fn query(
+        &self,
+        nonce: NonceClaim,
+        answer: impl std::future::Future<Output = Result<Answer, EngineError>>,
+    ) -> Result<Reply, EngineError> {
+        if let NonceOutcome::Resent { answer: Some(body) } = self.store.record_nonce(nonce).await? {
+            return Ok(Reply::Stored(body));
+        }
+        answer.await.map(Reply::Fresh)
     }
 
     /// Commits a mutating call's tasks with its nonce, then hands the runnable ones to

@@ -6,8 +6,10 @@
 //! the one they end in. The store applies those rules atomically at submission; the
 //! executor only does the work.
 
-pub mod cvm;
+pub mod describe;
+pub mod file;
 pub mod history;
+pub mod params;
 pub mod tasks;
 
 use crate::args::{ArgError, Args};
@@ -15,6 +17,8 @@ use crate::dispatch::Dispatcher;
 use crate::maintenance::CLIENT_TOKEN_LIFETIME;
 use crate::policy::Policy;
 use crate::{Answer, Call, EngineError, Outcome, Refusal};
+use file::ExecutorSpec;
+use params::{Generator, ParamRule};
 use qtask_core::{Effect, RequestId, ResourceId, ResourceState};
 use qtask_store::{IdempotencyKey, NewResource, PlannedTask, Store, SubmitReport, Target};
 use serde_json::{Map, Value};
@@ -41,15 +45,14 @@ pub type QueryFn = for<'a> fn(QueryContext<'a>) -> BoxFuture<'a, Result<Answer, 
 /// Plans a mutating call from what the store holds (RetryTask).
 pub type ReplanFn = for<'a> fn(QueryContext<'a>) -> BoxFuture<'a, Result<Plan, EngineError>>;
 
-/// Prepares a mutating call: validates its own parameters and returns what the tasks
-/// store and do. May be slow (password hashing), so it is async.
-pub type PrepareFn = for<'a> fn(&'a Call) -> BoxFuture<'a, Result<Prepared, EngineError>>;
-
 pub enum Handler {
-    /// Answers at once: queries, and commands that create no task (CancelTask).
+    /// Answers at once: built-in queries, and commands that create no task
+    /// (CancelTask).
     Query(QueryFn),
+    /// A query declared in a catalog: lists resources through a view.
+    Describe(&'static describe::DescribeSpec),
     /// Creates tasks, committed with the request's nonce before the answer.
-    Mutate(Operation),
+    Mutate(Box<Operation>),
     /// Creates tasks planned from stored ones (RetryTask).
     Replan(ReplanFn),
 }
@@ -62,10 +65,14 @@ pub struct ActionSpec {
 }
 
 impl ActionSpec {
+    pub fn is_mutating(&self) -> bool {
+        matches!(self.handler, Handler::Mutate(_) | Handler::Replan(_))
+    }
+
     /// Refuses parameters the action does not know, so a typo is an error rather than a
     /// silently ignored setting.
     pub fn check_params(&self, params: &Map<String, Value>) -> Result<(), ArgError> {
-        let mutating = matches!(self.handler, Handler::Mutate(_) | Handler::Replan(_));
+        let mutating = self.is_mutating();
         for name in params.keys() {
             let known = self.params.contains(&name.as_str()) || (mutating && name == CLIENT_TOKEN);
             if !known {
@@ -88,16 +95,55 @@ impl ActionSpec {
     }
 }
 
-/// A resource type: what its IDs look like and what it is called in messages.
+/// A resource type: what its IDs look like, what it is called in messages, and its
+/// states.
 #[derive(Debug)]
 pub struct ResourceType {
     /// Stored as the resource's kind.
     pub kind: &'static str,
     pub noun: &'static str,
     pub prefix: &'static str,
+    pub states: &'static [StateSpec],
+    /// The state a new resource shows while its creation runs.
+    pub initial_state: &'static str,
     /// The state of a resource that is gone for good (a returned instance): retention
     /// deletes it after a grace period.
     pub retired_state: Option<&'static str>,
+    /// The attribute a search word matches besides the ID.
+    pub name_attribute: Option<&'static str>,
+}
+
+#[derive(Debug)]
+pub struct StateSpec {
+    pub name: &'static str,
+    /// The legacy API's status integer, where the state has one.
+    pub legacy_status: Option<u8>,
+}
+
+impl ResourceType {
+    pub fn has_state(&self, name: &str) -> bool {
+        self.states.iter().any(|s| s.name == name)
+    }
+
+    pub fn state_names(&self) -> Vec<&'static str> {
+        self.states.iter().map(|s| s.name).collect()
+    }
+
+    pub fn legacy_status(&self, state: &str) -> Option<u8> {
+        self.states
+            .iter()
+            .find(|s| s.name == state)
+            .and_then(|s| s.legacy_status)
+    }
+
+    /// The states a legacy status integer stands for.
+    pub fn states_with_status(&self, status: i64) -> Vec<ResourceState> {
+        self.states
+            .iter()
+            .filter(|s| s.legacy_status.map(i64::from) == Some(status))
+            .map(|s| ResourceState::new(s.name))
+            .collect()
+    }
 }
 
 /// Which resources a mutating action operates.
@@ -107,9 +153,12 @@ pub enum Targets {
     One(&'static str),
     /// A list of existing resources named by this parameter: a task-chain call.
     Many(&'static str),
-    /// New resources, in `initial` state; their IDs are answered under `answer_key`.
+    /// New resources (as many as `count_param` says, 1 by default, at most
+    /// `max_count`), in the type's initial state; their IDs are answered under
+    /// `answer_key`.
     New {
-        initial: &'static str,
+        count_param: Option<&'static str>,
+        max_count: usize,
         answer_key: &'static str,
     },
 }
@@ -124,22 +173,13 @@ pub struct Operation {
     /// `None` returns to the state before the task.
     pub on_success: Option<&'static str>,
     pub on_failure: Option<&'static str>,
-    /// How long the simulated executor takes, at `--sim-speed 1`.
-    pub sim_seconds: f64,
-    pub prepare: PrepareFn,
+    /// The action's own parameters.
+    pub params: &'static [ParamRule],
+    /// Attributes generated for each new resource.
+    pub generate: &'static [Generator],
+    pub executor: ExecutorSpec,
     /// Attempts, timeout, backoff, and what a busy resource does.
     pub policy: Policy,
-}
-
-/// What an action's preparation yields.
-#[derive(Debug, Default)]
-pub struct Prepared {
-    /// The parameters to keep with each task (secrets removed).
-    pub stored_params: Map<String, Value>,
-    /// Attributes merged into each resource on success.
-    pub patch: Map<String, Value>,
-    /// For actions that create resources: each new resource's attributes.
-    pub new_resources: Vec<Map<String, Value>>,
 }
 
 /// The tasks of one call, ready for the store.
@@ -233,7 +273,18 @@ impl AnswerShape {
 impl Operation {
     pub async fn plan(&self, call: &Call) -> Result<Plan, EngineError> {
         let args = Args(&call.params);
-        let prepared = (self.prepare)(call).await?;
+        let count = match self.targets {
+            Targets::New {
+                count_param,
+                max_count,
+                ..
+            } => Some(match count_param {
+                Some(param) => args.int(param, 1, max_count as i64)?.unwrap_or(1) as usize,
+                None => 1,
+            }),
+            Targets::One(_) | Targets::Many(_) => None,
+        };
+        let prepared = params::prepare(call, self.params, self.generate, count).await?;
         let state = |s: Option<&'static str>| s.map(ResourceState::new);
         let effect = Effect {
             transitional: state(self.transitional),
@@ -254,14 +305,14 @@ impl Operation {
                 .into_iter()
                 .map(existing)
                 .collect(),
-            Targets::New { initial, .. } => prepared
+            Targets::New { .. } => prepared
                 .new_resources
                 .into_iter()
                 .map(|attrs| {
                     Target::Create(NewResource {
                         id: random_id(self.resource.prefix),
                         kind: self.resource.kind.to_owned(),
-                        state: ResourceState::new(initial),
+                        state: ResourceState::new(self.resource.initial_state),
                         attrs,
                     })
                 })
@@ -342,26 +393,40 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The built-in catalog: task queries and the simulated CVM.
+    /// The built-in catalog: the task queries and the embedded catalog files (the
+    /// simulated CVM).
     pub fn builtin() -> Self {
+        Self::load(&[]).expect("the built-in catalog is valid").0
+    }
+
+    /// The built-in catalog files, then `extra` files in order (a later definition of
+    /// a resource type or action replaces an earlier one). Also returns the merged
+    /// files, for `qtask catalog show`.
+    pub fn load(
+        extra: &[file::CatalogSource],
+    ) -> Result<(Self, file::CatalogFile), file::CatalogError> {
+        let sources: Vec<file::CatalogSource> = file::BUILTIN
+            .iter()
+            .map(|(name, text)| file::CatalogSource {
+                name: (*name).to_owned(),
+                text: (*text).to_owned(),
+            })
+            .chain(extra.iter().cloned())
+            .collect();
+        file::load(&sources)
+    }
+
+    /// The actions written in code: task queries, CancelTask, RetryTask, history.
+    fn with_builtin_queries() -> Self {
         let mut catalog = Self {
             actions: HashMap::new(),
             resource_types: Vec::new(),
         };
-        for spec in tasks::actions()
-            .into_iter()
-            .chain(history::actions())
-            .chain(cvm::actions())
-        {
-            catalog.add(spec);
+        for spec in tasks::actions().into_iter().chain(history::actions()) {
+            let previous = catalog.actions.insert(spec.name, spec);
+            assert!(previous.is_none(), "an action is defined twice");
         }
-        catalog.resource_types.push(&cvm::INSTANCE);
         catalog
-    }
-
-    fn add(&mut self, spec: ActionSpec) {
-        let previous = self.actions.insert(spec.name, spec);
-        assert!(previous.is_none(), "an action is defined twice");
     }
 
     pub fn get(&self, action: &str) -> Option<&ActionSpec> {
@@ -371,7 +436,7 @@ impl Catalog {
     pub fn operation(&self, action: &str) -> Option<&Operation> {
         match &self.get(action)?.handler {
             Handler::Mutate(operation) => Some(operation),
-            Handler::Query(_) | Handler::Replan(_) => None,
+            Handler::Query(_) | Handler::Describe(_) | Handler::Replan(_) => None,
         }
     }
 

@@ -154,8 +154,9 @@ async fn retry_task(ctx: QueryContext<'_>) -> Result<Plan, EngineError> {
             let allowed = match operation.targets {
                 // A failed creation left the resource in its failure state: launch it
                 // again from there.
-                Targets::New { initial, .. } => {
-                    effect.transitional = Some(ResourceState::new(initial));
+                Targets::New { .. } => {
+                    effect.transitional =
+                        Some(ResourceState::new(operation.resource.initial_state));
                     operation
                         .on_failure
                         .iter()
