@@ -75,8 +75,9 @@ impl Default for ExecSettings {
 /// whole group is killed when the program exits, when the attempt is canceled (SIGTERM,
 /// then SIGKILL after the grace) and when the engine drops the attempt (timeout, lost
 /// lease): nothing the program started outlives its attempt, so a retry never overlaps
-/// leftovers of the previous one. A process that leaves the group (`setsid`) is out of
-/// reach.
+/// leftovers of the previous one. (An attempt borrows its executor, so the executor
+/// outlives every attempt: dropping the attempt is what kills.) A process that leaves
+/// the group (`setsid`) is out of reach.
 pub struct ExecExecutor {
     settings: ExecSettings,
     cancel_grace: Duration,
