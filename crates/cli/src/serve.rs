@@ -6,7 +6,10 @@ use crate::{credentials, keys};
 use anyhow::Context;
 use qtask_engine::catalog::Catalog;
 use qtask_engine::dispatch::{node_name, Worker, WorkerPool, WorkerSettings};
-use qtask_engine::executor::{SimExecutor, SimSettings};
+use qtask_engine::catalog::file::ExecutorSpec;
+use qtask_engine::executor::{Executor, Router, SimExecutor, SimSettings};
+use qtask_executors::{ExecExecutor, ExecSettings, HttpExecutor, HttpSettings};
+use std::collections::HashMap;
 use qtask_engine::{maintenance, Engine};
 use qtask_server::render::ProtocolRender;
 use qtask_server::{AppState, AuthSettings, Listeners};
@@ -53,25 +56,14 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
 
     let catalog = Arc::new(build_catalog(&config)?);
     let listeners = bind(&config)?;
-    let mut executor = SimExecutor::new(
-        &catalog,
-        SimSettings {
-            speed: config.sim_speed,
-            failure_rates: config.sim_failure_rates.clone(),
-        },
-    );
-    if let Some(path) = &config.sim_journal {
-        executor = executor
-            .with_journal(path)
-            .with_context(|| format!("cannot open the simulator journal {}", path.display()))?;
-    }
+    let executor = executors(&catalog, &config)?;
     let settings = WorkerSettings {
         node: node_name(),
         lease: config.lease,
     };
     let worker = Worker::new(
         Arc::clone(&store),
-        Arc::new(executor),
+        executor,
         Arc::clone(&catalog),
         settings,
     );
@@ -181,6 +173,63 @@ fn build_catalog(config: &ServeConfig) -> anyhow::Result<Catalog> {
             .map_err(anyhow::Error::msg)?;
     }
     Ok(catalog)
+}
+
+/// One executor per action, as the catalog says: the simulator (shared), a program, or
+/// a webhook.
+fn executors(catalog: &Catalog, config: &ServeConfig) -> anyhow::Result<Arc<dyn Executor>> {
+    let mut sim = SimExecutor::new(
+        catalog,
+        SimSettings {
+            speed: config.sim_speed,
+            failure_rates: config.sim_failure_rates.clone(),
+        },
+    );
+    if let Some(path) = &config.sim_journal {
+        sim = sim
+            .with_journal(path)
+            .with_context(|| format!("cannot open the simulator journal {}", path.display()))?;
+    }
+    let sim: Arc<dyn Executor> = Arc::new(sim);
+    let mut routes: HashMap<String, Arc<dyn Executor>> = HashMap::new();
+    for action in catalog.action_names() {
+        let Some(operation) = catalog.operation(action) else {
+            continue;
+        };
+        let executor: Arc<dyn Executor> = match &operation.executor {
+            ExecutorSpec::Sim { .. } => Arc::clone(&sim),
+            ExecutorSpec::Exec {
+                command,
+                env,
+                working_dir,
+            } => Arc::new(ExecExecutor::new(ExecSettings {
+                command: command.clone(),
+                env: env.clone(),
+                working_dir: working_dir.clone(),
+                ..ExecSettings::default()
+            })),
+            ExecutorSpec::Http {
+                url,
+                secret,
+                secret_env,
+            } => {
+                let secret = match secret_env {
+                    Some(name) => Some(std::env::var(name).with_context(|| {
+                        format!("{action}: the webhook secret's variable {name} is not set")
+                    })?),
+                    None => secret.clone(),
+                };
+                let settings = HttpSettings {
+                    url: url.clone(),
+                    secret,
+                    timeout: None,
+                };
+                Arc::new(HttpExecutor::new(settings).with_context(|| action.to_owned())?)
+            }
+        };
+        routes.insert(action.to_owned(), executor);
+    }
+    Ok(Arc::new(Router::new(routes)))
 }
 
 /// Holds DATA_DIR/qtask.lock for as long as the server runs: two servers on one

@@ -210,7 +210,7 @@ impl Worker {
         let joined = tokio::select! {
             biased;
             () = self.hold_lease(task, fence, claimed_at, &cancel) => {
-                drop(execution);
+                execution.stop().await;
                 tracing::warn!(%task, fence, "lost the lease; stopped the executor");
                 let runnable = match self.store.release(task, fence, now_millis()).await {
                     Ok(released) => released.unwrap_or_default(),
@@ -222,7 +222,7 @@ impl Worker {
                 return Step::LeaseLost { runnable };
             }
             _ = stop.cancelled() => {
-                drop(execution);
+                execution.stop().await;
                 if let Err(error) = self.store.release(task, fence, now_millis()).await {
                     tracing::error!(%task, %error, "cannot release the task; the next start will run it");
                 }
@@ -318,6 +318,13 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> AbortOnDrop<T> {
     async fn wait(&mut self) -> Result<T, tokio::task::JoinError> {
         (&mut self.0).await
+    }
+
+    /// Aborts the task and waits until it has stopped, so that nothing of this attempt
+    /// still runs when the task is handed to another worker.
+    async fn stop(&mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
     }
 }
 

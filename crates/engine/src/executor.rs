@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,37 @@ pub trait Executor: Send + Sync + 'static {
         task: &ClaimedTask,
         cancel: &CancellationToken,
     ) -> Result<Option<Value>, ExecError>;
+}
+
+/// Sends each task to its action's executor (the catalog says which: `sim`, `exec`
+/// or `http`).
+pub struct Router {
+    routes: HashMap<String, Arc<dyn Executor>>,
+}
+
+impl Router {
+    pub fn new(routes: HashMap<String, Arc<dyn Executor>>) -> Self {
+        Self { routes }
+    }
+}
+
+#[async_trait]
+impl Executor for Router {
+    async fn execute(
+        &self,
+        task: &ClaimedTask,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Value>, ExecError> {
+        match self.routes.get(&task.task.action) {
+            Some(executor) => executor.execute(task, cancel).await,
+            // A task of an action the catalog no longer has (the catalog changed
+            // between runs): nothing can carry it out.
+            None => Err(ExecError::Fatal(TaskError::operation_failed(format!(
+                "no executor for {}: the action is not in the current catalog",
+                task.task.action
+            )))),
+        }
+    }
 }
 
 /// Settings of the simulated executor.
