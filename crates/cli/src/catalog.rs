@@ -15,6 +15,10 @@ pub fn read(paths: &[PathBuf]) -> anyhow::Result<Vec<CatalogSource>> {
             Ok(CatalogSource {
                 name: path.display().to_string(),
                 text,
+                dir: path
+                    .canonicalize()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.to_path_buf())),
             })
         })
         .collect()

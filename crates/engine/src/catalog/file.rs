@@ -24,6 +24,9 @@ use toml::Spanned;
 pub struct CatalogSource {
     pub name: String,
     pub text: String,
+    /// The file's directory: an `exec` command starting with `./` or `../` is found
+    /// relative to it, so a catalog and its scripts can move together.
+    pub dir: Option<PathBuf>,
 }
 
 /// The built-in catalogs, written in the same format as users' files.
@@ -297,6 +300,7 @@ const COMMON_PARAMS: &[&str] = &[
 struct Origin<'a> {
     file: &'a str,
     text: &'a str,
+    dir: Option<&'a std::path::Path>,
 }
 
 impl Origin<'_> {
@@ -319,6 +323,7 @@ pub fn parse(source: &CatalogSource) -> Result<CatalogFile, CatalogError> {
         let origin = Origin {
             file: &source.name,
             text: &source.text,
+            dir: None,
         };
         let at = e.span().map_or(0, |span| span.start);
         origin.error(at, e.message().trim().to_owned())
@@ -342,6 +347,7 @@ pub fn load(sources: &[CatalogSource]) -> Result<(Catalog, CatalogFile), Catalog
     let origin = |index: usize| Origin {
         file: &sources[index].name,
         text: &sources[index].text,
+        dir: sources[index].dir.as_deref(),
     };
 
     let mut catalog = Catalog::with_builtin_queries();
@@ -364,11 +370,55 @@ pub fn load(sources: &[CatalogSource]) -> Result<(Catalog, CatalogFile), Catalog
         }
         catalog.actions.insert(built.name, built);
     }
+    check_views_hide_secrets(&catalog, &actions, &origin)?;
     let merged = CatalogFile {
         resource_types: types.into_iter().map(|(n, (_, s))| (n, s)).collect(),
         actions: actions.into_iter().map(|(n, (_, s))| (n, s)).collect(),
     };
     Ok((catalog, merged))
+}
+
+/// A view may not show an attribute that holds a secret's hash.
+fn check_views_hide_secrets<'a>(
+    catalog: &Catalog,
+    actions: &IndexMap<String, (usize, Spanned<ActionFile>)>,
+    origin: &dyn Fn(usize) -> Origin<'a>,
+) -> Result<(), CatalogError> {
+    let secret_attributes: Vec<(&str, &str)> = catalog
+        .actions
+        .values()
+        .filter_map(|spec| match &spec.handler {
+            Handler::Mutate(op) => Some(op),
+            _ => None,
+        })
+        .flat_map(|op| {
+            op.params
+                .iter()
+                .filter(|p| p.secret)
+                .filter_map(move |p| Some((op.resource.kind, p.attribute?)))
+        })
+        .collect();
+    for spec in catalog.actions.values() {
+        let Handler::Describe(describe) = &spec.handler else {
+            continue;
+        };
+        for (field, source) in &describe.view {
+            let (Source::Attribute(attribute) | Source::AttributeList(attribute)) = source else {
+                continue;
+            };
+            if secret_attributes.contains(&(describe.resource.kind, *attribute)) {
+                let (index, spanned) = &actions[spec.name];
+                return Err(origin(*index).error(
+                    spanned.span().start,
+                    format!(
+                        "action {}: view.{field} shows attribute {attribute}, which holds a secret",
+                        spec.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn leak(text: &str) -> &'static str {
@@ -544,11 +594,17 @@ fn action(
     if spec.list_key.is_some() || !spec.filters.is_empty() || !spec.view.is_empty() {
         return Err(fail("list_key, filters and view belong to queries".into()));
     }
-    let executor = spec
+    let mut executor = spec
         .executor
         .clone()
         .ok_or_else(|| fail("needs an executor (type = \"sim\", \"exec\" or \"http\")".into()))?;
     check_executor(&executor).map_err(fail)?;
+    if let (ExecutorSpec::Exec { command, .. }, Some(dir)) = (&mut executor, origin.dir) {
+        let program = &mut command[0];
+        if program.starts_with("./") || program.starts_with("../") {
+            *program = dir.join(&*program).display().to_string();
+        }
+    }
     let targets = match spec.kind {
         ActionKind::Single | ActionKind::Chain => {
             if spec.count_param.is_some() || spec.answer_ids.is_some() {
@@ -815,6 +871,7 @@ mod tests {
         CatalogSource {
             name: "mine.toml".into(),
             text: text.into(),
+            dir: None,
         }
     }
 
@@ -946,6 +1003,10 @@ params = { label = { type = "string", max_length = 20 } }
             (
                 &format!("{DATABASE}\n[actions.DescribeTaskResult]\nkind = \"query\"\nresource_type = \"database\"\nlist_key = \"x\"\nview = {{ id = \"$id\" }}\n"),
                 "DescribeTaskResult is a built-in action and cannot be redefined",
+            ),
+            (
+                &format!("{}\n[actions.DescribeDatabases]\nkind = \"query\"\nresource_type = \"database\"\nlist_key = \"set\"\nview = {{ id = \"$id\", hash = \"attr.pw\" }}\n", DATABASE.replace("label = {", "pw = { type = \"string\", secret = true, attribute = \"pw\" }, label = {")),
+                "action DescribeDatabases: view.hash shows attribute pw, which holds a secret",
             ),
             (
                 &format!("{DATABASE}\n[actions.DescribeDatabases]\nkind = \"query\"\nresource_type = \"database\"\nlist_key = \"set\"\nview = {{ id = \"$identity\" }}\n"),

@@ -410,6 +410,7 @@ impl Catalog {
             .map(|(name, text)| file::CatalogSource {
                 name: (*name).to_owned(),
                 text: (*text).to_owned(),
+                dir: None,
             })
             .chain(extra.iter().cloned())
             .collect();
