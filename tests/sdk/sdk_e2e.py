@@ -281,6 +281,104 @@ def names_round_trip(method, sign_method):
         )
 
 
+def wait_lb_task(api, name, request_id):
+    """Waits for a load-balancer task through the CLB module's legacy result action."""
+    if not check(name + ": has a requestId", bool(request_id), repr(request_id)):
+        return False
+    deadline = time.monotonic() + TASK_DEADLINE
+    while True:
+        answer = call(api, "DescribeLoadBalancersTaskResult", {"requestId": request_id})
+        status = task_status(answer)
+        if answer.get("code") != 0 or status != TASK_RUNNING or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_INTERVAL)
+    return check(name + ": task %s succeeded" % request_id,
+                 answer.get("code") == 0 and status == TASK_SUCCESS, short(answer))
+
+
+def backends_of(api, lb):
+    answer = call(api, "DescribeLoadBalancerBackends", {"loadBalancerId": lb})
+    found = {}
+    for backend in answer.get("backendSet") or []:
+        if isinstance(backend, dict):
+            found[backend.get("instanceId")] = backend
+    return answer, found
+
+
+def load_balancer_flow(method, sign_method):
+    """Create a load balancer, register, re-weight and deregister backends, delete it."""
+    name = "%s/%s lb" % (method, sign_method)
+    api = client(method, sign_method)
+    ids = run_instances(api, name, 2, "backend")
+    if len(ids) != 2:
+        return
+    answer = call(api, "CreateLoadBalancer", {
+        "loadBalancerType": 2, "loadBalancerName": "web-lb", "forward": 0, "number": 1})
+    lbs = answer.get("unLoadBalancerIds") or []
+    if not check(name + ": CreateLoadBalancer answers code 0 with one lb- id",
+                 answer.get("code") == 0 and len(lbs) == 1
+                 and str(lbs[0]).startswith("lb-"), short(answer)):
+        return
+    lb = lbs[0]
+    if not wait_lb_task(api, name + ": CreateLoadBalancer", answer.get("requestId")):
+        return
+    answer = call(api, "DescribeLoadBalancers", {"loadBalancerIds": [lb]})
+    found = (answer.get("loadBalancerSet") or [{}])[0]
+    check(name + ": DescribeLoadBalancers shows it normal (status 1) with its name",
+          answer.get("totalCount") == 1 and found.get("status") == 1
+          and found.get("loadBalancerName") == "web-lb" and found.get("loadBalancerVips"),
+          short(answer))
+
+    answer = call(api, "RegisterInstancesWithLoadBalancer", {
+        "loadBalancerId": lb,
+        "backends": [{"instanceId": ids[0], "weight": 10}, {"instanceId": ids[1], "weight": 20}],
+    })
+    check(name + ": RegisterInstancesWithLoadBalancer answers code 0",
+          answer.get("code") == 0, short(answer))
+    wait_lb_task(api, name + ": RegisterInstancesWithLoadBalancer", answer.get("requestId"))
+    answer, backends = backends_of(api, lb)
+    check(name + ": both backends are registered, running (runFlag 2), with their weights",
+          answer.get("totalCount") == 2
+          and (backends.get(ids[0]) or {}).get("weight") == 10
+          and (backends.get(ids[1]) or {}).get("weight") == 20
+          and all((b or {}).get("runFlag") == RUNNING for b in backends.values()),
+          short(answer))
+
+    answer = call(api, "ModifyLoadBalancerBackends", {
+        "loadBalancerId": lb, "backends": [{"instanceId": ids[1], "weight": 50}]})
+    wait_lb_task(api, name + ": ModifyLoadBalancerBackends", answer.get("requestId"))
+    answer, backends = backends_of(api, lb)
+    check(name + ": the weight changed and the other backend kept its own",
+          (backends.get(ids[1]) or {}).get("weight") == 50
+          and (backends.get(ids[0]) or {}).get("weight") == 10, short(answer))
+
+    answer = call(api, "DeregisterInstancesFromLoadBalancer", {
+        "loadBalancerId": lb, "backends": [{"instanceId": ids[0]}]})
+    wait_lb_task(api, name + ": DeregisterInstancesFromLoadBalancer", answer.get("requestId"))
+    answer, backends = backends_of(api, lb)
+    check(name + ": one backend is left", list(backends) == [ids[1]], short(answer))
+
+    answer = call(api, "RegisterInstancesWithLoadBalancer", {
+        "loadBalancerId": lb, "backends": [{"instanceId": "ins-zzzzzzzz", "weight": 1}]})
+    check(name + ": registering an instance that does not exist is refused (4000)",
+          answer.get("code") == 4000 and "ins-zzzzzzzz" in answer.get("message", ""),
+          short(answer))
+
+    answer = call(api, "ModifyLoadBalancerAttributes", {
+        "loadBalancerId": lb, "loadBalancerName": "renamed-lb"})
+    wait_lb_task(api, name + ": ModifyLoadBalancerAttributes", answer.get("requestId"))
+    answer = call(api, "DeleteLoadBalancers", {"loadBalancerIds": [lb]})
+    detail = answer.get("detail") if isinstance(answer.get("detail"), dict) else {}
+    check(name + ": DeleteLoadBalancers is a chain accepted for the lb",
+          answer.get("code") == 0 and (detail.get(lb) or {}).get("code") == 0, short(answer))
+    wait_lb_task(api, name + ": DeleteLoadBalancers", answer.get("requestId"))
+    answer = call(api, "DescribeLoadBalancers", {"loadBalancerIds": [lb]})
+    found = (answer.get("loadBalancerSet") or [{}])[0]
+    check(name + ": the deleted load balancer shows DELETED",
+          found.get("statusName") == "DELETED" and found.get("loadBalancerName") == "renamed-lb",
+          short(answer))
+
+
 def wrong_key_is_refused(method, sign_method):
     api = client(method, sign_method, secret_key="not-the-" + os.environ["QTASK_SECRET_KEY"])
     answer = call(api, "DescribeInstances", {"offset": 0, "limit": 1})
@@ -308,6 +406,8 @@ def main():
             not missing, "missing: %s" % ", ".join(missing)):
         for method, sign_method in COMBINATIONS:
             guarded(lifecycle, method, sign_method)
+        guarded(load_balancer_flow, "POST", "HmacSHA256")
+        guarded(load_balancer_flow, "GET", "HmacSHA1")
         guarded(names_round_trip, "POST", "HmacSHA256")
         guarded(names_round_trip, "GET", "HmacSHA1")
         guarded(wrong_key_is_refused, "GET", "HmacSHA1")

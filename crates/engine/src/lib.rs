@@ -198,7 +198,7 @@ impl Engine {
                     .query(nonce, catalog::describe::describe(spec, ctx))
                     .await
             }
-            Handler::Mutate(operation) => operation.plan(&call).await?,
+            Handler::Mutate(operation) => operation.plan(&call, self.store.as_ref()).await?,
             Handler::Replan(replan) => replan(ctx).await?,
         };
         self.submit(&call, nonce, plan).await

@@ -6,6 +6,7 @@ mod cli;
 mod durability;
 mod engine;
 mod helpers;
+mod lb;
 mod protocol;
 mod sdk;
 mod tasks;

@@ -24,7 +24,8 @@ pub enum FilterMatch {
     Attribute,
     /// A substring of the ID or of the type's name attribute.
     Search,
-    /// Accepted and checked as a flag, without effect (legacy parameters).
+    /// Accepted (a single value), without effect: legacy parameters such as
+    /// `simplify` or `orderBy`.
     Ignore,
 }
 
@@ -52,14 +53,31 @@ pub enum Source {
     Attribute(&'static str),
     /// An optional attribute as a list of zero or one value.
     AttributeList(&'static str),
+    /// Of an entries query: the entry's key.
+    EntryKey,
+    /// Of an entries query: a field of the entry.
+    EntryField(&'static str),
+    /// Of an entries query: a source of the resource the entry's key names.
+    Ref(Box<Source>),
 }
 
 impl Source {
     /// Parses `$id`, `$state`, `$status`, `$region`, `$createTime`, `$busyWith`,
-    /// `$latestOperation`, `attr.NAME` or `[attr.NAME]`.
+    /// `$latestOperation`, `attr.NAME` or `[attr.NAME]`; for entries also `$key`,
+    /// `entry.NAME` and `ref.` followed by one of the first kinds.
     pub fn parse(text: &'static str) -> Option<Self> {
         let attribute = |name: &'static str| (!name.is_empty()).then_some(name);
+        if let Some(inner) = text.strip_prefix("ref.") {
+            return match Self::parse(inner)? {
+                Self::EntryKey | Self::EntryField(_) | Self::Ref(_) => None,
+                inner => Some(Self::Ref(Box::new(inner))),
+            };
+        }
+        if let Some(field) = text.strip_prefix("entry.") {
+            return Some(Self::EntryField(attribute(field)?));
+        }
         Some(match text {
+            "$key" => Self::EntryKey,
             "$id" => Self::Id,
             "$state" => Self::State,
             "$status" => Self::LegacyStatus,
@@ -88,10 +106,24 @@ pub struct DescribeSpec {
     pub list_key: &'static str,
     pub filters: Vec<Filter>,
     pub view: Vec<(&'static str, Source)>,
+    /// Lists the entries of one resource's map attribute instead of resources.
+    pub entries: Option<Entries>,
+}
+
+/// An entries query: the map `attribute` of the resource named by `ids_param`, one
+/// answer item per entry (sorted by key), joined with the resource each key names.
+#[derive(Debug)]
+pub struct Entries {
+    pub ids_param: &'static str,
+    pub attribute: &'static str,
+    pub reference: Option<&'static ResourceType>,
 }
 
 pub async fn describe(spec: &DescribeSpec, ctx: QueryContext<'_>) -> Result<Answer, EngineError> {
     let args = Args(&ctx.call.params);
+    if let Some(entries) = &spec.entries {
+        return describe_entries(spec, entries, &ctx).await;
+    }
     let kind = spec.resource;
     let mut filter = ResourceFilter {
         kind: kind.kind.to_owned(),
@@ -155,7 +187,7 @@ pub async fn describe(spec: &DescribeSpec, ctx: QueryContext<'_>) -> Result<Answ
                 filter.search = args.bounded_text(f.param, 128)?.map(str::to_owned);
             }
             FilterMatch::Ignore => {
-                args.flag(f.param)?;
+                args.text(f.param)?;
             }
         }
     }
@@ -164,6 +196,109 @@ pub async fn describe(spec: &DescribeSpec, ctx: QueryContext<'_>) -> Result<Answ
         .resources(ctx.call.account, filter, page(args)?)
         .await?;
     Ok(listing(spec, found.total, &found.items))
+}
+
+/// The resources of `kind` with these IDs in the call's account and region.
+async fn resources_by_id(
+    ctx: &QueryContext<'_>,
+    kind: &ResourceType,
+    ids: Vec<qtask_core::ResourceId>,
+) -> Result<Vec<ResourceRecord>, EngineError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let page = qtask_store::Page {
+        offset: 0,
+        limit: ids.len() as u64,
+    };
+    let filter = ResourceFilter {
+        kind: kind.kind.to_owned(),
+        region: ctx.call.region,
+        ids,
+        states: Vec::new(),
+        search: None,
+        name_attr: "",
+        attr_in: Vec::new(),
+    };
+    Ok(ctx
+        .store
+        .resources(ctx.call.account, filter, page)
+        .await?
+        .items)
+}
+
+async fn describe_entries(
+    spec: &DescribeSpec,
+    entries: &Entries,
+    ctx: &QueryContext<'_>,
+) -> Result<Answer, EngineError> {
+    let args = Args(&ctx.call.params);
+    let kind = spec.resource;
+    let id = args.resource_id(entries.ids_param, kind.prefix)?;
+    let Some(owner) = resources_by_id(ctx, kind, vec![id.clone()]).await?.pop() else {
+        return Err(EngineError::NotFound(format!(
+            "{} {id} does not exist in {}",
+            kind.noun, ctx.call.region
+        )));
+    };
+    let map = owner
+        .attrs
+        .get(entries.attribute)
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    let page = page(args)?;
+    let shown: Vec<&String> = keys
+        .iter()
+        .skip(page.offset as usize)
+        .take(page.limit as usize)
+        .copied()
+        .collect();
+    let referenced = match entries.reference {
+        Some(target) => {
+            let ids = shown
+                .iter()
+                .map(|k| qtask_core::ResourceId::from_stored((*k).clone()))
+                .collect();
+            resources_by_id(ctx, target, ids).await?
+        }
+        None => Vec::new(),
+    };
+    let items = shown
+        .iter()
+        .map(|key| {
+            let entry = &map[key.as_str()];
+            let target = referenced.iter().find(|r| r.id.as_str() == key.as_str());
+            let fields: Map<String, Value> = spec
+                .view
+                .iter()
+                .map(|(name, source)| {
+                    let value = match source {
+                        Source::EntryKey => json!(key),
+                        Source::EntryField(field) => {
+                            entry.get(*field).cloned().unwrap_or(Value::Null)
+                        }
+                        Source::Ref(inner) => match (target, entries.reference) {
+                            (Some(record), Some(target_kind)) => {
+                                resource_field(target_kind, record, inner)
+                            }
+                            // The resource is gone (deleted by retention).
+                            _ => Value::Null,
+                        },
+                        other => resource_field(kind, &owner, other),
+                    };
+                    ((*name).to_owned(), value)
+                })
+                .collect();
+            Value::Object(fields)
+        })
+        .collect();
+    let mut data = Map::new();
+    data.insert("totalCount".into(), json!(keys.len()));
+    data.insert(spec.list_key.into(), Value::Array(items));
+    Ok(Answer::Data(data))
 }
 
 fn listing(spec: &DescribeSpec, total: u64, items: &[ResourceRecord]) -> Answer {
@@ -179,28 +314,35 @@ fn listing(spec: &DescribeSpec, total: u64, items: &[ResourceRecord]) -> Answer 
 /// A resource as the view shows it. Fields are picked one by one, so a stored secret's
 /// hash can never leak into an answer unless a view names it (which validation forbids).
 pub fn view(spec: &DescribeSpec, record: &ResourceRecord) -> Value {
-    let attr = |key: &str| record.attrs.get(key).cloned().unwrap_or(Value::Null);
     let fields: Map<String, Value> = spec
         .view
         .iter()
         .map(|(key, source)| {
-            let value = match source {
-                Source::Id => json!(record.id.as_str()),
-                Source::State => json!(record.state.as_str()),
-                Source::LegacyStatus => json!(spec.resource.legacy_status(record.state.as_str())),
-                Source::Region => json!(record.region.as_str()),
-                Source::CreateTime => json!(time::format(record.created_at)),
-                Source::BusyWith => json!(record.active_task.map(|t| t.to_string())),
-                Source::LatestOperation => latest_operation(record),
-                Source::Attribute(name) => attr(name),
-                Source::AttributeList(name) => {
-                    Value::Array(record.attrs.get(*name).cloned().into_iter().collect())
-                }
-            };
-            ((*key).to_owned(), value)
+            (
+                (*key).to_owned(),
+                resource_field(spec.resource, record, source),
+            )
         })
         .collect();
     Value::Object(fields)
+}
+
+/// One field of a resource's view (entry sources have no value here).
+fn resource_field(kind: &ResourceType, record: &ResourceRecord, source: &Source) -> Value {
+    match source {
+        Source::Id => json!(record.id.as_str()),
+        Source::State => json!(record.state.as_str()),
+        Source::LegacyStatus => json!(kind.legacy_status(record.state.as_str())),
+        Source::Region => json!(record.region.as_str()),
+        Source::CreateTime => json!(time::format(record.created_at)),
+        Source::BusyWith => json!(record.active_task.map(|t| t.to_string())),
+        Source::LatestOperation => latest_operation(record),
+        Source::Attribute(name) => record.attrs.get(*name).cloned().unwrap_or(Value::Null),
+        Source::AttributeList(name) => {
+            Value::Array(record.attrs.get(*name).cloned().into_iter().collect())
+        }
+        Source::EntryKey | Source::EntryField(_) | Source::Ref(_) => Value::Null,
+    }
 }
 
 fn latest_operation(record: &ResourceRecord) -> Value {

@@ -6,8 +6,8 @@
 //! Loaded values live as long as the process (catalogs are read once, at start), so
 //! names are leaked into `&'static str` rather than reference-counted everywhere.
 
-use super::describe::{DescribeSpec, Filter, FilterMatch, Source};
-use super::params::{Check, Generator, GeneratorKind, ParamKind, ParamRule};
+use super::describe::{DescribeSpec, Entries, Filter, FilterMatch, Source};
+use super::params::{Check, FieldRule, Generator, GeneratorKind, Merge, ParamKind, ParamRule};
 use super::{ActionSpec, Catalog, Handler, Operation, ResourceType, StateSpec, Targets};
 use crate::args::MAX_BATCH_IDS;
 use crate::policy::Policy;
@@ -30,7 +30,10 @@ pub struct CatalogSource {
 }
 
 /// The built-in catalogs, written in the same format as users' files.
-pub const BUILTIN: &[(&str, &str)] = &[("builtin:cvm.toml", include_str!("builtin/cvm.toml"))];
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("builtin:cvm.toml", include_str!("builtin/cvm.toml")),
+    ("builtin:clb.toml", include_str!("builtin/clb.toml")),
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}:{column}: {message}")]
@@ -125,6 +128,21 @@ pub struct ActionFile {
     pub filters: IndexMap<String, FilterFile>,
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub view: IndexMap<String, String>,
+    /// A query over the entries of one resource's map attribute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entries: Option<EntriesFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesFile {
+    /// The parameter naming the resource.
+    pub ids_param: String,
+    /// Its map attribute.
+    pub attribute: String,
+    /// The resource type each entry's key names (for `ref.` view sources).
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,6 +174,35 @@ pub struct ParamFile {
     pub per_resource: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub derive: Option<DeriveFile>,
+    /// For `objects`: each object's fields.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub fields: IndexMap<String, FieldFile>,
+    /// For `objects` with an attribute: the field that keys the attribute's map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// For `objects` with a key: add, remove or update those entries on success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge: Option<Merge>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldFile {
+    #[serde(rename = "type")]
+    pub kind: ParamKind,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<toml::Value>,
+    /// The value names a resource of this type, which must exist.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -545,13 +592,51 @@ fn action(
         if spec.view.is_empty() {
             return Err(fail("a query needs a view (answer field = source)".into()));
         }
+        let entries = match &spec.entries {
+            None => None,
+            Some(entries) => {
+                if !spec.filters.is_empty() {
+                    return Err(fail("an entries query takes no filters".into()));
+                }
+                check_name("entries.ids_param", &entries.ids_param).map_err(fail)?;
+                check_name("entries.attribute", &entries.attribute).map_err(fail)?;
+                let reference = match &entries.reference {
+                    None => None,
+                    Some(kind) => Some(*types.get(kind.as_str()).ok_or_else(|| {
+                        fail(format!("entries.ref {kind:?} is not a resource type"))
+                    })?),
+                };
+                accepted.push(leak(&entries.ids_param));
+                Some(Entries {
+                    ids_param: leak(&entries.ids_param),
+                    attribute: leak(&entries.attribute),
+                    reference,
+                })
+            }
+        };
         let mut view = Vec::new();
         for (field, source) in &spec.view {
             let parsed = Source::parse(leak(source)).ok_or_else(|| {
                 fail(format!(
-                    "view.{field} = {source:?}: a source is $id, $state, $status, $region, $createTime, $busyWith, $latestOperation, attr.NAME or [attr.NAME]"
+                    "view.{field} = {source:?}: a source is $id, $state, $status, $region, $createTime, $busyWith, $latestOperation, attr.NAME or [attr.NAME] (and in entries queries $key, entry.NAME, ref.SOURCE)"
                 ))
             })?;
+            let entry_source = matches!(
+                parsed,
+                Source::EntryKey | Source::EntryField(_) | Source::Ref(_)
+            );
+            let needs_ref = matches!(parsed, Source::Ref(_));
+            match &entries {
+                None if entry_source => {
+                    return Err(fail(format!(
+                        "view.{field} = {source:?} needs an entries query"
+                    )))
+                }
+                Some(e) if needs_ref && e.reference.is_none() => {
+                    return Err(fail(format!("view.{field} = {source:?} needs entries.ref")))
+                }
+                _ => {}
+            }
             view.push((leak(field), parsed));
         }
         let mut filters = Vec::new();
@@ -583,6 +668,7 @@ fn action(
             list_key: leak(list_key),
             filters,
             view,
+            entries,
         }));
         return Ok(ActionSpec {
             name,
@@ -663,7 +749,7 @@ fn action(
             ));
         }
         check_name("parameter", param).map_err(rule_fail)?;
-        let built = param_rule(param, rule.get_ref(), spec.kind).map_err(rule_fail)?;
+        let built = param_rule(param, rule.get_ref(), spec.kind, types).map_err(rule_fail)?;
         accepted.push(built.name);
         params.push(built);
     }
@@ -745,7 +831,12 @@ fn check_executor(executor: &ExecutorSpec) -> Result<(), String> {
     }
 }
 
-fn param_rule(name: &str, spec: &ParamFile, action: ActionKind) -> Result<ParamRule, String> {
+fn param_rule(
+    name: &str,
+    spec: &ParamFile,
+    action: ActionKind,
+    types: &IndexMap<&str, &'static ResourceType>,
+) -> Result<ParamRule, String> {
     let kind = spec.kind;
     let only = |present: bool, key: &str, kinds: &[ParamKind]| {
         if present && !kinds.contains(&kind) {
@@ -766,7 +857,6 @@ fn param_rule(name: &str, spec: &ParamFile, action: ActionKind) -> Result<ParamR
         "max_length",
         &[ParamKind::String, ParamKind::List],
     )?;
-    only(spec.max_items.is_some(), "max_items", &[ParamKind::List])?;
     only(
         !spec.one_of.is_empty(),
         "one_of",
@@ -780,6 +870,35 @@ fn param_rule(name: &str, spec: &ParamFile, action: ActionKind) -> Result<ParamR
     only(spec.per_resource, "per_resource", &[ParamKind::List])?;
     only(spec.secret, "secret", &[ParamKind::String])?;
     only(spec.derive.is_some(), "derive", &[ParamKind::String])?;
+    only(
+        !spec.fields.is_empty() || spec.key.is_some() || spec.merge.is_some(),
+        "fields/key/merge",
+        &[ParamKind::Objects],
+    )?;
+    only(
+        spec.max_items.is_some(),
+        "max_items",
+        &[ParamKind::List, ParamKind::Objects],
+    )?;
+    if kind == ParamKind::Objects && spec.fields.is_empty() {
+        return Err("an objects parameter needs fields".into());
+    }
+    if spec.key.is_some() != spec.merge.is_some() {
+        return Err("key and merge go together".into());
+    }
+    if let Some(key) = &spec.key {
+        if !spec.fields.contains_key(key) {
+            return Err(format!("key {key:?} is not one of the fields"));
+        }
+        if spec.attribute.is_none() {
+            return Err("key and merge need the attribute (a map) they change".into());
+        }
+    }
+    let fields = spec
+        .fields
+        .iter()
+        .map(|(field, file)| field_rule(field, file, types))
+        .collect::<Result<Vec<_>, String>>()?;
     if let (Some(min), Some(max)) = (spec.min, spec.max) {
         if min > max {
             return Err(format!("min {min} is larger than max {max}"));
@@ -843,6 +962,53 @@ fn param_rule(name: &str, spec: &ParamFile, action: ActionKind) -> Result<ParamR
         check: spec.check,
         per_resource: spec.per_resource,
         derive,
+        fields,
+        keyed: spec
+            .key
+            .as_deref()
+            .zip(spec.merge)
+            .map(|(key, merge)| (leak(key), merge)),
+    })
+}
+
+fn field_rule(
+    name: &str,
+    spec: &FieldFile,
+    types: &IndexMap<&str, &'static ResourceType>,
+) -> Result<FieldRule, String> {
+    check_name("field", name)?;
+    let at = |m: String| format!("fields.{name}: {m}");
+    if !matches!(spec.kind, ParamKind::String | ParamKind::Int) {
+        return Err(at("a field is a string or an int".into()));
+    }
+    if (spec.min.is_some() || spec.max.is_some()) && spec.kind != ParamKind::Int {
+        return Err(at("min/max apply to int fields".into()));
+    }
+    if (spec.max_length.is_some() || spec.reference.is_some()) && spec.kind != ParamKind::String {
+        return Err(at("max_length and ref apply to string fields".into()));
+    }
+    let reference = match &spec.reference {
+        None => None,
+        Some(kind) => Some(
+            *types
+                .get(kind.as_str())
+                .ok_or_else(|| at(format!("ref {kind:?} is not a resource type")))?,
+        ),
+    };
+    Ok(FieldRule {
+        name: leak(name),
+        kind: spec.kind,
+        required: spec.required,
+        min: spec.min,
+        max: spec.max,
+        max_length: spec.max_length,
+        default: spec
+            .default
+            .as_ref()
+            .map(|v| default_value(spec.kind, v))
+            .transpose()
+            .map_err(at)?,
+        reference,
     })
 }
 

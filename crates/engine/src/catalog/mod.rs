@@ -271,7 +271,7 @@ impl AnswerShape {
 }
 
 impl Operation {
-    pub async fn plan(&self, call: &Call) -> Result<Plan, EngineError> {
+    pub async fn plan(&self, call: &Call, store: &dyn Store) -> Result<Plan, EngineError> {
         let args = Args(&call.params);
         let count = match self.targets {
             Targets::New {
@@ -285,6 +285,8 @@ impl Operation {
             Targets::One(_) | Targets::Many(_) => None,
         };
         let prepared = params::prepare(call, self.params, self.generate, count).await?;
+        // After the checks of form, so a malformed ID is named as such.
+        params::check_references(call, self.params, store).await?;
         let state = |s: Option<&'static str>| s.map(ResourceState::new);
         let effect = Effect {
             transitional: state(self.transitional),

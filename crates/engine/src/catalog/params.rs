@@ -3,8 +3,11 @@
 //! stored parameters (secrets removed), the attributes of new resources, and the
 //! attributes a task merges into its resource on success.
 
+use super::ResourceType;
 use crate::args::{ArgError, Args, MAX_BATCH_IDS};
 use crate::{Call, EngineError};
+use qtask_core::ResourceId;
+use qtask_store::{Page, ResourceFilter, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -19,6 +22,8 @@ pub enum ParamKind {
     List,
     /// `name.key=value` (or `name.N.key` lists of objects): kept as given.
     Object,
+    /// `name.N.field=…`: a list of objects whose `fields` are declared.
+    Objects,
 }
 
 impl std::fmt::Display for ParamKind {
@@ -29,6 +34,7 @@ impl std::fmt::Display for ParamKind {
             Self::Bool => "bool",
             Self::List => "list",
             Self::Object => "object",
+            Self::Objects => "objects",
         })
     }
 }
@@ -57,7 +63,7 @@ pub enum GeneratorKind {
 }
 
 /// One declared parameter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ParamRule {
     pub name: &'static str,
     pub kind: ParamKind,
@@ -82,6 +88,41 @@ pub struct ParamRule {
     pub per_resource: bool,
     /// Sets another attribute from this value through a table (an image's OS).
     pub derive: Option<(&'static str, Vec<(&'static str, &'static str)>)>,
+    /// For `objects`: each object's fields.
+    pub fields: Vec<FieldRule>,
+    /// For `objects` with an attribute: the field whose value keys the attribute's map,
+    /// and what the action does to those entries.
+    pub keyed: Option<(&'static str, Merge)>,
+}
+
+/// One field of the objects of an `objects` parameter.
+#[derive(Debug, Clone)]
+pub struct FieldRule {
+    pub name: &'static str,
+    /// `String` or `Int`.
+    pub kind: ParamKind,
+    pub required: bool,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    pub max_length: Option<usize>,
+    pub default: Option<Value>,
+    /// The value is the ID of a resource of this type, which must exist in the
+    /// caller's account and region.
+    pub reference: Option<&'static ResourceType>,
+}
+
+/// What an `objects` parameter does to the map attribute it names, on success. The
+/// change is a merge the store applies when the task ends, so concurrent tasks on
+/// other entries never lose each other's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Merge {
+    /// Adds the entries (or replaces them, when the key is there already).
+    Add,
+    /// Removes the entries with these keys.
+    Remove,
+    /// Changes the given fields of the entries.
+    Update,
 }
 
 /// A value made for each new resource whose attribute is still unset.
@@ -226,6 +267,7 @@ fn typed_value(args: Args<'_>, rule: &ParamRule, call: &Call) -> Result<Option<V
             }
             json!(items)
         }
+        ParamKind::Objects => Value::Array(objects(args, rule)?),
         ParamKind::Object => match args.0.get(name) {
             Some(value @ (Value::Object(_) | Value::Array(_))) => value.clone(),
             _ => {
@@ -237,6 +279,100 @@ fn typed_value(args: Args<'_>, rule: &ParamRule, call: &Call) -> Result<Option<V
         },
     };
     Ok(Some(value))
+}
+
+/// The checked objects of an `objects` parameter, defaults applied.
+fn objects(args: Args<'_>, rule: &ParamRule) -> Result<Vec<Value>, ArgError> {
+    let name = rule.name;
+    let Some(Value::Array(items)) = args.0.get(name) else {
+        let example = rule.fields.first().map_or("field", |f| f.name);
+        return Err(ArgError::new(
+            name,
+            format!("must be a list of objects: {name}.0.{example}=…, {name}.1.{example}=…"),
+        ));
+    };
+    let most = rule.max_items.unwrap_or(MAX_BATCH_IDS);
+    if items.is_empty() || items.len() > most {
+        return Err(ArgError::new(
+            name,
+            format!("names {} objects; give 1 to {most}", items.len()),
+        ));
+    }
+    let mut checked = Vec::with_capacity(items.len());
+    let mut keys = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(fields) = item else {
+            return Err(ArgError::new(format!("{name}.{i}"), "must be an object"));
+        };
+        if let Some(unknown) = fields
+            .keys()
+            .find(|k| !rule.fields.iter().any(|f| f.name == *k))
+        {
+            let known: Vec<&str> = rule.fields.iter().map(|f| f.name).collect();
+            return Err(ArgError::new(
+                format!("{name}.{i}.{unknown}"),
+                format!("is not a field of {name}; fields: {}", known.join(", ")),
+            ));
+        }
+        let mut object = Map::new();
+        for field in &rule.fields {
+            let param = format!("{name}.{i}.{}", field.name);
+            let value = match fields.get(field.name) {
+                None if field.required => return Err(ArgError::new(param, "is required")),
+                None => match &field.default {
+                    Some(default) => default.clone(),
+                    None => continue,
+                },
+                Some(Value::String(text)) => field_value(field, &param, text)?,
+                Some(_) => return Err(ArgError::new(param, "must be a single value")),
+            };
+            object.insert(field.name.into(), value);
+        }
+        if let Some((key, _)) = rule.keyed {
+            let value = object.get(key).cloned().unwrap_or(Value::Null);
+            if keys.contains(&value) {
+                return Err(ArgError::new(
+                    format!("{name}.{i}.{key}"),
+                    format!("repeats {value}; name each once"),
+                ));
+            }
+            keys.push(value);
+        }
+        checked.push(Value::Object(object));
+    }
+    Ok(checked)
+}
+
+fn field_value(field: &FieldRule, param: &str, text: &str) -> Result<Value, ArgError> {
+    match field.kind {
+        ParamKind::Int => {
+            let (min, max) = (field.min.unwrap_or(i64::MIN), field.max.unwrap_or(i64::MAX));
+            let bad = || ArgError::new(param, format!("must be an integer from {min} to {max}"));
+            let n: i64 = text.trim().parse().map_err(|_| bad())?;
+            if n < min || n > max {
+                return Err(bad());
+            }
+            Ok(json!(n))
+        }
+        _ => {
+            if text.is_empty() {
+                return Err(ArgError::new(param, "must not be empty"));
+            }
+            if let Some(max) = field.max_length {
+                if text.chars().count() > max {
+                    return Err(ArgError::new(
+                        param,
+                        format!("must be at most {max} characters"),
+                    ));
+                }
+            }
+            if let Some(kind) = field.reference {
+                ResourceId::parse(kind.prefix, text)
+                    .map_err(|e| ArgError::new(param, format!("{e} (got {text:?})")))?;
+            }
+            Ok(json!(text))
+        }
+    }
 }
 
 fn expand_default(default: &Value, call: &Call) -> Value {
@@ -276,6 +412,12 @@ async fn set_attributes(
     rule: &ParamRule,
     value: &Value,
 ) -> Result<(), EngineError> {
+    if let (Some(attribute), Some((key, merge)), Value::Array(items)) =
+        (rule.attribute, rule.keyed, value)
+    {
+        attrs.insert(attribute.into(), keyed_merge(items, key, merge));
+        return Ok(());
+    }
     if let Some(attribute) = rule.attribute {
         let stored = match (rule.secret, value) {
             (true, Value::String(secret)) => json!(hash_secret(secret).await?),
@@ -286,6 +428,85 @@ async fn set_attributes(
     if let (Some((attribute, table)), Some(text)) = (&rule.derive, value.as_str()) {
         if let Some((_, derived)) = table.iter().find(|(from, _)| *from == text) {
             attrs.insert((*attribute).into(), json!(derived));
+        }
+    }
+    Ok(())
+}
+
+/// The merge patch (RFC 7396) of a keyed change: `{key: {fields}}` to add or update,
+/// `{key: null}` to remove.
+fn keyed_merge(items: &[Value], key: &str, merge: Merge) -> Value {
+    let entries: Map<String, Value> = items
+        .iter()
+        .filter_map(|item| {
+            let mut fields = item.as_object()?.clone();
+            let id = match fields.remove(key)? {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let change = match merge {
+                Merge::Remove => Value::Null,
+                Merge::Add | Merge::Update => Value::Object(fields),
+            };
+            Some((id, change))
+        })
+        .collect();
+    Value::Object(entries)
+}
+
+/// Every reference in the call's `objects` parameters names a resource the account
+/// has in the call's region.
+pub async fn check_references(
+    call: &Call,
+    rules: &[ParamRule],
+    store: &dyn Store,
+) -> Result<(), EngineError> {
+    for rule in rules {
+        let Some(Value::Array(items)) = call.params.get(rule.name) else {
+            continue;
+        };
+        for field in &rule.fields {
+            let Some(kind) = field.reference else {
+                continue;
+            };
+            let named: Vec<(String, ResourceId)> = items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    let text = item.get(field.name)?.as_str()?;
+                    Some((
+                        format!("{}.{i}.{}", rule.name, field.name),
+                        ResourceId::from_stored(text.to_owned()),
+                    ))
+                })
+                .collect();
+            if named.is_empty() {
+                continue;
+            }
+            let filter = ResourceFilter {
+                kind: kind.kind.to_owned(),
+                region: call.region,
+                ids: named.iter().map(|(_, id)| id.clone()).collect(),
+                states: Vec::new(),
+                search: None,
+                name_attr: "",
+                attr_in: Vec::new(),
+            };
+            let page = Page {
+                offset: 0,
+                limit: named.len() as u64,
+            };
+            let found = store.resources(call.account, filter, page).await?;
+            if let Some((param, id)) = named
+                .iter()
+                .find(|(_, id)| !found.items.iter().any(|r| &r.id == id))
+            {
+                return Err(ArgError::new(
+                    param,
+                    format!("{} {id} does not exist in {}", kind.noun, call.region),
+                )
+                .into());
+            }
         }
     }
     Ok(())
