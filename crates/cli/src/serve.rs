@@ -4,17 +4,18 @@
 use crate::config::ServeConfig;
 use crate::{credentials, keys};
 use anyhow::Context;
+use qtask_engine::catalog::file::ExecutorSpec;
 use qtask_engine::catalog::Catalog;
 use qtask_engine::dispatch::{node_name, Worker, WorkerPool, WorkerSettings};
-use qtask_engine::catalog::file::ExecutorSpec;
+use qtask_engine::events::EventBus;
 use qtask_engine::executor::{Executor, Router, SimExecutor, SimSettings};
-use qtask_executors::{ExecExecutor, ExecSettings, HttpExecutor, HttpSettings};
-use std::collections::HashMap;
 use qtask_engine::{maintenance, Engine};
+use qtask_executors::{ExecExecutor, ExecSettings, HttpExecutor, HttpSettings};
 use qtask_server::render::ProtocolRender;
 use qtask_server::{AppState, AuthSettings, Listeners};
 use qtask_store::Store;
 use qtask_store_sqlite::SqliteStore;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,12 +62,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         node: node_name(),
         lease: config.lease,
     };
-    let worker = Worker::new(
-        Arc::clone(&store),
-        executor,
-        Arc::clone(&catalog),
-        settings,
-    );
+    let events = EventBus::default();
+    let worker = Worker::new(Arc::clone(&store), executor, Arc::clone(&catalog), settings)
+        .with_events(events.clone());
     // Cancelled at SIGINT/SIGTERM: the API answers 6200 and workers take no new task.
     let draining = CancellationToken::new();
     let (dispatcher, pool) = WorkerPool::start(
@@ -95,12 +93,15 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         config.retention.clone(),
         maintenance_stop.clone(),
     );
-    let engine = Arc::new(Engine::new(
-        Arc::clone(&store),
-        catalog,
-        dispatcher,
-        Arc::new(ProtocolRender),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            Arc::clone(&store),
+            catalog,
+            dispatcher,
+            Arc::new(ProtocolRender),
+        )
+        .with_events(events),
+    );
     let state = Arc::new(AppState {
         store,
         engine,

@@ -10,6 +10,7 @@
 //! again.
 
 use crate::catalog::Catalog;
+use crate::events::{EventBus, EventKind, TaskEvent};
 use crate::executor::{ExecError, Executor};
 use crate::policy::Policy;
 use crate::time::now_millis;
@@ -148,6 +149,7 @@ pub struct Worker {
     catalog: Arc<Catalog>,
     settings: WorkerSettings,
     running: Arc<Running>,
+    events: EventBus,
 }
 
 impl Worker {
@@ -163,7 +165,14 @@ impl Worker {
             catalog,
             settings,
             running: Arc::default(),
+            events: EventBus::default(),
         }
+    }
+
+    /// Publishes every claim and outcome on `events`.
+    pub fn with_events(mut self, events: EventBus) -> Self {
+        self.events = events;
+        self
     }
 
     fn policy(&self, action: &str) -> Policy {
@@ -200,6 +209,9 @@ impl Worker {
         let policy = self.policy(&claimed.task.action);
         let attempt = claimed.task.attempts;
         let action = claimed.task.action.clone();
+        let record = claimed.task.clone();
+        let event = |kind: EventKind| TaskEvent::of(&record, kind, now_millis());
+        self.events.publish(event(EventKind::Started));
 
         let executor = Arc::clone(&self.executor);
         let mut execution = AbortOnDrop(tokio::spawn({
@@ -212,6 +224,7 @@ impl Worker {
             () = self.hold_lease(task, fence, claimed_at, &cancel) => {
                 execution.stop().await;
                 tracing::warn!(%task, fence, "lost the lease; stopped the executor");
+                self.events.publish(event(EventKind::LeaseLost));
                 let runnable = match self.store.release(task, fence, now_millis()).await {
                     Ok(released) => released.unwrap_or_default(),
                     Err(error) => {
@@ -226,6 +239,7 @@ impl Worker {
                 if let Err(error) = self.store.release(task, fence, now_millis()).await {
                     tracing::error!(%task, %error, "cannot release the task; the next start will run it");
                 }
+                self.events.publish(event(EventKind::Released));
                 return Step::Released;
             }
             joined = execution.wait() => joined,
@@ -269,9 +283,35 @@ impl Worker {
                 .complete(task, fence, outcome.clone(), now_millis())
         })
         .await;
+        let mut ended = match &outcome {
+            TaskOutcome::Succeeded { result } => TaskEvent {
+                result: result.clone(),
+                ..event(EventKind::Succeeded)
+            },
+            TaskOutcome::Failed(error) => TaskEvent {
+                error: Some(error.clone()),
+                ..event(EventKind::Failed)
+            },
+            TaskOutcome::Retry { error, not_before } => TaskEvent {
+                error: Some(error.clone()),
+                next_attempt_at: Some(*not_before),
+                ..event(EventKind::Retrying)
+            },
+            TaskOutcome::Canceled { message } => TaskEvent {
+                error: Some(TaskError::operation_failed(message.clone())),
+                ..event(EventKind::Canceled)
+            },
+        };
+        ended.duration_ms = Some(claimed_at.elapsed().as_millis() as u64);
         match completion {
-            Some(Completion::Recorded { runnable }) => Step::Recorded { outcome, runnable },
-            Some(Completion::Fenced) => Step::Fenced,
+            Some(Completion::Recorded { runnable }) => {
+                self.events.publish(ended);
+                Step::Recorded { outcome, runnable }
+            }
+            Some(Completion::Fenced) => {
+                self.events.publish(event(EventKind::Fenced));
+                Step::Fenced
+            }
             None => Step::Released,
         }
     }

@@ -12,6 +12,7 @@
 pub mod args;
 pub mod catalog;
 pub mod dispatch;
+pub mod events;
 pub mod executor;
 pub mod maintenance;
 pub mod policy;
@@ -21,6 +22,7 @@ mod views;
 use args::ArgError;
 use catalog::{Catalog, Handler, Plan, QueryContext};
 use dispatch::Dispatcher;
+use events::{EventBus, EventKind, TaskEvent};
 use qtask_core::{
     AccountId, Nonce, Region, Rejection, RequestId, ResourceId, SecretId, UnixMillis,
 };
@@ -138,6 +140,7 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     dispatcher: Dispatcher,
     render: Arc<dyn Render>,
+    events: EventBus,
 }
 
 impl Engine {
@@ -152,11 +155,27 @@ impl Engine {
             catalog,
             dispatcher,
             render,
+            events: EventBus::default(),
         }
+    }
+
+    /// Publishes submissions and cancellations on `events` (the workers publish the
+    /// rest).
+    pub fn with_events(mut self, events: EventBus) -> Self {
+        self.events = events;
+        self
     }
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Runs one verified call and returns the body to send.
@@ -189,6 +208,7 @@ impl Engine {
             store: self.store.as_ref(),
             catalog: &self.catalog,
             dispatcher: &self.dispatcher,
+            events: &self.events,
             call: &call,
         };
         let plan = match &action.handler {
@@ -253,8 +273,29 @@ impl Engine {
         };
         match submitted {
             Submitted::New {
-                answer, runnable, ..
+                answer,
+                runnable,
+                report,
             } => {
+                for (resource, outcome) in &report.outcomes {
+                    if let Ok(task) = outcome {
+                        self.events.publish(TaskEvent {
+                            seq: 0,
+                            at: call.now,
+                            kind: EventKind::Queued,
+                            account: call.account,
+                            task: *task,
+                            chain: report.group,
+                            action: plan.action.clone(),
+                            resource: resource.clone(),
+                            attempt: 0,
+                            error: None,
+                            result: None,
+                            next_attempt_at: None,
+                            duration_ms: None,
+                        });
+                    }
+                }
                 self.dispatcher
                     .enqueue(runnable.into_iter().map(|task| Runnable {
                         task,

@@ -37,6 +37,7 @@ pub struct QueryContext<'a> {
     pub store: &'a dyn Store,
     pub catalog: &'a Catalog,
     pub dispatcher: &'a Dispatcher,
+    pub events: &'a crate::events::EventBus,
     pub call: &'a Call,
 }
 

@@ -6,6 +6,7 @@ use super::{
     QueryContext, QueryFn, Targets,
 };
 use crate::args::{ArgError, Args};
+use crate::events::{EventKind, TaskEvent};
 use crate::{time, views, Answer, EngineError};
 use qtask_core::{RequestId, ResourceId, ResourceState, TaskState};
 use qtask_store::{CancelOutcome, Page, PlannedTask, Target, TaskFilter, TaskRecord};
@@ -93,7 +94,12 @@ async fn cancel_task(ctx: QueryContext<'_>) -> Result<Answer, EngineError> {
         .iter()
         .map(|(task, outcome)| {
             let (name, message) = match outcome {
-                CancelOutcome::Canceled => ("canceled", "canceled before it started".to_owned()),
+                CancelOutcome::Canceled => {
+                    let mut event = TaskEvent::of(task, EventKind::Canceled, ctx.call.now);
+                    event.error = task.error.clone();
+                    ctx.events.publish(event);
+                    ("canceled", "canceled before it started".to_owned())
+                }
                 CancelOutcome::Requested => {
                     ctx.dispatcher.signal_cancel(task.id);
                     (

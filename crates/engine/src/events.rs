@@ -1,0 +1,196 @@
+//! Task events: each change of a task's state this process makes, published on an
+//! in-process broadcast channel. The event stream (`/v2/events`), completion callbacks,
+//! long polls and metrics subscribe. Publishing never waits: a subscriber that falls
+//! behind by more than the channel's capacity misses events and is told how many
+//! (`RecvError::Lagged`).
+
+use crate::time;
+use qtask_core::{AccountId, RequestId, ResourceId, TaskError, TaskState, UnixMillis};
+use qtask_store::TaskRecord;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// What happened to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Committed (or promoted to the head of its resource's queue).
+    Queued,
+    /// An attempt started.
+    Started,
+    /// An attempt failed and another will run at `next_attempt_at`.
+    Retrying,
+    Succeeded,
+    Failed,
+    Canceled,
+    /// Given back to the queue at shutdown.
+    Released,
+    /// Its worker lost the lease; the attempt was stopped.
+    LeaseLost,
+    /// Back in the queue because its lease expired (its worker stalled or died).
+    Rescued,
+    /// A late outcome from a worker that had lost the task was refused.
+    Fenced,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 10] = [
+        Self::Queued,
+        Self::Started,
+        Self::Retrying,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Canceled,
+        Self::Released,
+        Self::LeaseLost,
+        Self::Rescued,
+        Self::Fenced,
+    ];
+
+    /// The name events carry (`"succeeded"`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Started => "started",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::Released => "released",
+            Self::LeaseLost => "leaseLost",
+            Self::Rescued => "rescued",
+            Self::Fenced => "fenced",
+        }
+    }
+
+    /// The task's state after the event (`None` for a refused late outcome, which
+    /// changes nothing).
+    pub fn state(self) -> Option<TaskState> {
+        match self {
+            Self::Queued | Self::Retrying | Self::Released | Self::LeaseLost | Self::Rescued => {
+                Some(TaskState::Queued)
+            }
+            Self::Started => Some(TaskState::Running),
+            Self::Succeeded => Some(TaskState::Succeeded),
+            Self::Failed => Some(TaskState::Failed),
+            Self::Canceled => Some(TaskState::Canceled),
+            Self::Fenced => None,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        self.state().is_some_and(TaskState::is_final)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEvent {
+    /// Increases with every event of this process.
+    pub seq: u64,
+    pub at: UnixMillis,
+    pub kind: EventKind,
+    pub account: AccountId,
+    pub task: RequestId,
+    pub chain: Option<RequestId>,
+    pub action: String,
+    pub resource: ResourceId,
+    pub attempt: u32,
+    pub error: Option<TaskError>,
+    pub result: Option<Value>,
+    pub next_attempt_at: Option<UnixMillis>,
+    /// For an attempt's end: how long it ran.
+    pub duration_ms: Option<u64>,
+}
+
+impl TaskEvent {
+    /// An event about `task` (its record as the store had it), without a sequence yet.
+    pub fn of(task: &TaskRecord, kind: EventKind, at: UnixMillis) -> Self {
+        Self {
+            seq: 0,
+            at,
+            kind,
+            account: task.account,
+            task: task.id,
+            chain: task.group,
+            action: task.action.clone(),
+            resource: task.resource.clone(),
+            attempt: task.attempts,
+            error: None,
+            result: None,
+            next_attempt_at: None,
+            duration_ms: None,
+        }
+    }
+
+    /// As the event stream and callbacks show it.
+    pub fn to_json(&self) -> Value {
+        let mut view = json!({
+            "seq": self.seq,
+            "event": self.kind.name(),
+            "time": time::format(self.at),
+            "requestId": self.task.to_string(),
+            "action": self.action,
+            "resourceId": self.resource.as_str(),
+            "attempt": self.attempt,
+        });
+        let fields = view.as_object_mut().expect("an object");
+        if let Some(state) = self.kind.state() {
+            fields.insert("state".into(), json!(state.as_str()));
+            fields.insert("status".into(), json!(state.legacy_status()));
+        }
+        if let Some(chain) = self.chain {
+            fields.insert("chainId".into(), json!(chain.to_string()));
+        }
+        if let Some(error) = &self.error {
+            fields.insert(
+                "error".into(),
+                json!({"code": error.code, "message": error.message}),
+            );
+        }
+        if let Some(result) = &self.result {
+            fields.insert("result".into(), result.clone());
+        }
+        if let Some(at) = self.next_attempt_at {
+            fields.insert("nextAttemptTime".into(), json!(time::format(at)));
+        }
+        if let Some(ms) = self.duration_ms {
+            fields.insert("durationMs".into(), json!(ms));
+        }
+        view
+    }
+}
+
+/// The broadcast channel of task events; cheap to clone.
+#[derive(Clone)]
+pub struct EventBus {
+    sender: broadcast::Sender<Arc<TaskEvent>>,
+    seq: Arc<AtomicU64>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new(4096)
+    }
+}
+
+impl EventBus {
+    /// A bus that keeps up to `capacity` events for subscribers that fall behind.
+    pub fn new(capacity: usize) -> Self {
+        let (sender, _) = broadcast::channel(capacity.max(1));
+        Self {
+            sender,
+            seq: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Numbers the event and sends it to every subscriber (none is fine).
+    pub fn publish(&self, mut event: TaskEvent) {
+        event.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<TaskEvent>> {
+        self.sender.subscribe()
+    }
+}
