@@ -51,15 +51,24 @@ pub fn node_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// The tasks this process is running, with the signal that asks each to cancel.
+/// The tasks this process is running, with the signal that asks each to cancel, and
+/// how long each action's attempts typically take here.
 #[derive(Default)]
 struct Running {
     tasks: Mutex<HashMap<RequestId, CancellationToken>>,
+    /// An exponentially weighted mean of attempt durations, by action.
+    durations: Mutex<HashMap<String, Duration>>,
 }
 
 impl Running {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, CancellationToken>> {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn observe(&self, action: &str, took: Duration) {
+        let mut durations = self.durations.lock().unwrap_or_else(|e| e.into_inner());
+        let mean = durations.entry(action.to_owned()).or_insert(took);
+        *mean = mean.mul_f64(0.8) + took.mul_f64(0.2);
     }
 }
 
@@ -118,6 +127,17 @@ impl Dispatcher {
     /// The tasks this process is running now.
     pub fn running(&self) -> Vec<RequestId> {
         self.running.lock().keys().copied().collect()
+    }
+
+    /// How long an attempt of `action` typically takes in this process (none run yet:
+    /// `None`).
+    pub fn typical_duration(&self, action: &str) -> Option<Duration> {
+        let durations = self
+            .running
+            .durations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        durations.get(action).copied()
     }
 }
 
@@ -303,6 +323,7 @@ impl Worker {
             },
         };
         ended.duration_ms = Some(claimed_at.elapsed().as_millis() as u64);
+        self.running.observe(&action, claimed_at.elapsed());
         match completion {
             Some(Completion::Recorded { runnable }) => {
                 self.events.publish(ended);

@@ -18,6 +18,7 @@ pub mod maintenance;
 pub mod policy;
 pub mod time;
 mod views;
+pub mod watch;
 
 use args::ArgError;
 use catalog::{Catalog, Handler, Plan, QueryContext};
@@ -222,6 +223,28 @@ impl Engine {
             Handler::Replan(replan) => replan(ctx).await?,
         };
         self.submit(&call, nonce, plan).await
+    }
+
+    /// Opens an event stream for a verified `WatchTaskEvents` call; an error comes as
+    /// the rendered body to answer instead.
+    pub async fn watch(&self, call: Call) -> Result<watch::Watch, String> {
+        let opened = async {
+            if call.action != watch::WATCH_ACTION {
+                return Err(EngineError::InvalidArgument(args::ArgError::new(
+                    "Action",
+                    format!("must be {} on the event stream", watch::WATCH_ACTION),
+                )));
+            }
+            let nonce = NonceClaim {
+                secret_id: call.secret_id.clone(),
+                nonce: call.nonce,
+                expires_at: call.nonce_expires_at,
+                signature: call.signature.clone(),
+            };
+            self.store.record_nonce(nonce).await?;
+            watch::Watch::open(Arc::clone(&self.store), &self.events, &call).await
+        };
+        opened.await.map_err(|error| self.render.render(&Err(error)))
     }
 
     /// Records a query's nonce, then answers it (or gives the stored answer of a resent

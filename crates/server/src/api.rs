@@ -46,14 +46,8 @@ async fn handle(
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
     let request = IncomingRequest { method, host, form };
-    if state.draining.is_cancelled() {
-        // Nothing is accepted once shutdown began: a client should retry elsewhere or
-        // after the restart.
-        let error = ApiError::new(
-            ErrorCode::Unavailable,
-            "qtask is shutting down and accepts no new calls; retry in a moment",
-        );
-        return answer(error.to_body());
+    if let Some(refused) = refuse_when_draining(state) {
+        return refused;
     }
     let body = match auth::verify(state, request, now_millis()).await {
         Ok(call) => {
@@ -70,9 +64,21 @@ async fn handle(
     answer(body)
 }
 
+/// 6200 once shutdown began: nothing new is accepted, so a client should retry
+/// elsewhere or after the restart.
+pub fn refuse_when_draining(state: &AppState) -> Option<Response> {
+    state.draining.is_cancelled().then(|| {
+        let error = ApiError::new(
+            ErrorCode::Unavailable,
+            "qtask is shutting down and accepts no new calls; retry in a moment",
+        );
+        answer(error.to_body())
+    })
+}
+
 /// Every API answer is HTTP 200: the legacy clients treat any other status as a
 /// network failure. The JSON `code` tells the outcome.
-fn answer(body: String) -> Response {
+pub fn answer(body: String) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
         body,

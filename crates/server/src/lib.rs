@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod events;
 pub mod render;
 pub mod tls;
 
@@ -50,10 +51,14 @@ pub struct AppState {
     pub draining: CancellationToken,
 }
 
+/// Where the Server-Sent Events stream of task events is.
+pub const EVENTS_PATH: &str = "/v2/events";
+
 /// The whole HTTP application.
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route(qtask_protocol::API_PATH, get(api::get).post(api::post))
+        .route(EVENTS_PATH, get(events::stream))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
 }

@@ -9,7 +9,8 @@ use crate::args::{ArgError, Args};
 use crate::events::{EventKind, TaskEvent};
 use crate::{time, views, Answer, EngineError};
 use qtask_core::{RequestId, ResourceId, ResourceState, TaskState};
-use qtask_store::{CancelOutcome, Page, PlannedTask, Target, TaskFilter, TaskRecord};
+use crate::dispatch::Dispatcher;
+use qtask_store::{CancelOutcome, GroupRecord, Page, PlannedTask, Target, TaskFilter, TaskRecord};
 use serde_json::{json, Map, Value};
 
 pub fn actions() -> Vec<ActionSpec> {
@@ -19,19 +20,19 @@ pub fn actions() -> Vec<ActionSpec> {
         handler: Handler::Query(query),
     };
     vec![
-        query("DescribeTaskResult", &["requestId"], by_request_id),
+        query("DescribeTaskResult", &["requestId", "waitSeconds"], by_request_id),
         // Legacy products' names for the same question, with the same status integers.
         query(
             "DescribeLoadBalancersTaskResult",
-            &["requestId"],
+            &["requestId", "waitSeconds"],
             by_request_id,
         ),
         query(
             "DescribeBmLoadBalancersTaskResult",
-            &["requestId"],
+            &["requestId", "waitSeconds"],
             by_request_id,
         ),
-        query("DescribeVpcTaskResult", &["taskId"], by_task_id),
+        query("DescribeVpcTaskResult", &["taskId", "waitSeconds"], by_task_id),
         query(
             "DescribeTasks",
             &[
@@ -207,22 +208,121 @@ fn by_task_id(ctx: QueryContext<'_>) -> BoxFuture<'_, Result<Answer, EngineError
     Box::pin(describe_result(ctx, "taskId"))
 }
 
+/// The longest `waitSeconds` of a long poll.
+pub const MAX_WAIT_SECONDS: i64 = 30;
+
+/// A task or a chain, as a request ID names it.
+enum Named {
+    Task(TaskRecord),
+    Chain(GroupRecord),
+}
+
+impl Named {
+    fn tasks(&self) -> &[TaskRecord] {
+        match self {
+            Named::Task(task) => std::slice::from_ref(task),
+            Named::Chain(group) => &group.tasks,
+        }
+    }
+
+    fn is_final(&self) -> bool {
+        self.tasks().iter().all(|t| t.state.is_final())
+    }
+}
+
+async fn lookup(ctx: &QueryContext<'_>, id: RequestId) -> Result<Named, EngineError> {
+    let account = ctx.call.account;
+    if let Some(task) = ctx.store.task(account, id).await? {
+        return Ok(Named::Task(task));
+    }
+    match ctx.store.group(account, id).await? {
+        Some(group) => Ok(Named::Chain(group)),
+        None => Err(missing(ctx, id).await),
+    }
+}
+
+/// DescribeTaskResult, with an optional long poll: `waitSeconds` (≤ 30) holds the
+/// answer until the task or chain is final or the time is up. The wait holds no
+/// worker and no database connection: it sleeps on the task event bus, and reads again
+/// when an event about the task ends it (or every second, for changes no event
+/// reports).
 async fn describe_result(
     ctx: QueryContext<'_>,
     param: &'static str,
 ) -> Result<Answer, EngineError> {
-    let id = parse_request_id(Args(&ctx.call.params), param)?;
-    let account = ctx.call.account;
-    let data = match ctx.store.task(account, id).await? {
-        Some(task) => views::task(&task),
-        None => match ctx.store.group(account, id).await? {
-            Some(group) => views::group(&group),
-            None => return Err(missing(&ctx, id).await),
-        },
+    let args = Args(&ctx.call.params);
+    let id = parse_request_id(args, param)?;
+    let wait = args.int("waitSeconds", 0, MAX_WAIT_SECONDS)?.unwrap_or(0);
+    // Subscribed before the first read, so an event between the read and the wait
+    // cannot be missed.
+    let mut events = (wait > 0).then(|| ctx.events.subscribe());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait as u64);
+    let named = loop {
+        let named = lookup(&ctx, id).await?;
+        let Some(receiver) = events.as_mut() else {
+            break named;
+        };
+        if named.is_final() || tokio::time::Instant::now() >= deadline {
+            break named;
+        }
+        let recheck = deadline.min(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+        loop {
+            match tokio::time::timeout_at(recheck, receiver.recv()).await {
+                Ok(Ok(event)) => {
+                    let about = event.task == id || event.chain == Some(id);
+                    if about && event.account == ctx.call.account && event.kind.is_final() {
+                        break;
+                    }
+                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) | Err(_) => break,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                    events = None;
+                    break;
+                }
+            }
+        }
     };
+    let mut data = match &named {
+        Named::Task(task) => views::task(task),
+        Named::Chain(group) => views::group(group),
+    };
+    if !named.is_final() {
+        let seconds = retry_after(named.tasks(), ctx.dispatcher, ctx.call.now);
+        data["retryAfter"] = json!(seconds);
+    }
     let mut answer = Map::new();
     answer.insert("data".into(), data);
     Ok(Answer::Data(answer))
+}
+
+/// When to ask again, in whole seconds (at least 1): the longest estimate over the
+/// unfinished tasks, from where each stands (running, waiting to retry, queued behind
+/// others) and its action's typical attempt time in this process.
+fn retry_after(tasks: &[TaskRecord], dispatcher: &Dispatcher, now: i64) -> u64 {
+    let estimate = |task: &TaskRecord| -> f64 {
+        let typical = dispatcher
+            .typical_duration(&task.action)
+            .map_or(1.0, |d| d.as_secs_f64());
+        let since = |t: Option<i64>| t.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+        match task.state {
+            TaskState::Running => typical - since(task.started_at),
+            TaskState::Queued => {
+                let backoff = task
+                    .run
+                    .next_attempt_at
+                    .map_or(0.0, |at| (at - now).max(0) as f64 / 1000.0);
+                let ahead = task.run.blocked_by.map_or(0, |(_, position)| position);
+                backoff + typical * f64::from(ahead + 1)
+            }
+            _ => 0.0,
+        }
+    };
+    let longest = tasks
+        .iter()
+        .filter(|t| t.state.is_unfinished())
+        .map(estimate)
+        .fold(0.0, f64::max);
+    longest.ceil().max(1.0) as u64
 }
 
 /// `offset` (default 0) and `limit` (default 20, at most 100).
