@@ -10,3 +10,4 @@ mod lb;
 mod protocol;
 mod sdk;
 mod tasks;
+mod watch;

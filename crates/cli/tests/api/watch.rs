@@ -1,0 +1,179 @@
+//! Waiting without polling loops: the long poll of DescribeTaskResult (`waitSeconds`,
+//! `retryAfter`) and the `/v2/events` stream of task events.
+
+use crate::helpers::{app_with, chain, detail_task, text, TestApp};
+use qtask::client::{fresh_nonce, unix_seconds};
+use qtask_protocol::signature::{sign_request, SignatureMethod};
+use qtask_protocol::{Params, API_PATH};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn a_long_poll_answers_as_soon_as_the_task_ends_or_when_time_is_up() {
+    // StopInstances takes 2 s.
+    let (app, ids) = app_with(&["a"], &["--sim-speed", "0.25"]).await;
+    let stop = chain(&app, "StopInstances", &[&ids[0]], &[]).await;
+    let task = detail_task(&stop, &ids[0]);
+
+    let asked = Instant::now();
+    let early = app
+        .call(
+            "DescribeTaskResult",
+            &[("requestId", &task), ("waitSeconds", "1")],
+        )
+        .await;
+    let waited = asked.elapsed();
+    assert_eq!(early["data"]["status"], 2, "{early}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "answered after {waited:?}"
+    );
+    let retry_after = early["data"]["retryAfter"].as_u64().expect("retryAfter");
+    assert!((1..=3).contains(&retry_after), "{early}");
+
+    let asked = Instant::now();
+    let done = app
+        .call(
+            "DescribeTaskResult",
+            &[
+                ("requestId", text(&stop["requestId"])),
+                ("waitSeconds", "30"),
+            ],
+        )
+        .await;
+    let waited = asked.elapsed();
+    assert_eq!(done["data"]["status"], 0, "{done}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "held {waited:?} past the end"
+    );
+    assert!(done["data"].get("retryAfter").is_none(), "final: {done}");
+
+    let bad = app
+        .call(
+            "DescribeTaskResult",
+            &[("requestId", &task), ("waitSeconds", "31")],
+        )
+        .await;
+    assert_eq!(bad["code"], 4000, "{bad}");
+    assert!(text(&bad["message"]).contains("waitSeconds"), "{bad}");
+}
+
+/// Opens `/v2/events` with a request signed like an API call.
+async fn open_events(app: &TestApp, extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut params =
+        Params::from_pairs(extra.iter().map(|(n, v)| (n.to_string(), v.to_string()))).unwrap();
+    params.set("Action", "WatchTaskEvents");
+    params.set("Region", "ap-guangzhou");
+    params.set("SecretId", app.secret_id.clone());
+    params.set("Timestamp", unix_seconds().to_string());
+    params.set("Nonce", fresh_nonce().to_string());
+    let host = app.http.to_string();
+    let query = sign_request(
+        &mut params,
+        qtask_protocol::HttpMethod::Get,
+        &host,
+        API_PATH,
+        SignatureMethod::HmacSha256,
+        &app.secret_key,
+    );
+    reqwest::get(format!("http://{host}/v2/events?{query}"))
+        .await
+        .expect("the stream opens")
+}
+
+/// Reads server-sent events until `done` says so (with a deadline); returns
+/// (event name, data) pairs.
+async fn read_events(
+    mut response: reqwest::Response,
+    mut done: impl FnMut(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    while !done(&events) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no end of stream; events so far: {events:?}"))
+            .expect("the stream reads");
+        let Some(chunk) = chunk else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut name = String::from("message");
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if !data.is_empty() {
+                events.push((name, serde_json::from_str(&data).expect("JSON data")));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn the_event_stream_delivers_every_event_of_a_chain_in_order_then_ends() {
+    let (app, ids) = app_with(&["a", "b", "c"], &["--sim-speed", "0.05"]).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // Account-wide, opened before the call: sees the chain from its first event.
+    let everything = open_events(&app, &[]).await;
+    assert_eq!(
+        everything.headers()["content-type"],
+        "text/event-stream",
+        "{everything:?}"
+    );
+    let stop = chain(&app, "StopInstances", &refs, &[]).await;
+    let chain_id = text(&stop["requestId"]).to_owned();
+    // Following the chain itself, opened after the call: ends once all tasks are final.
+    let followed = open_events(&app, &[("requestId", &chain_id)]).await;
+
+    let seen = read_events(everything, |events| {
+        events
+            .iter()
+            .filter(|(name, _)| name == "succeeded")
+            .count()
+            == 3
+    })
+    .await;
+    let mut last_seq = 0;
+    for (_, event) in &seen {
+        let seq = event["seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "in order: {seen:?}");
+        last_seq = seq;
+        assert_eq!(event["chainId"], chain_id.as_str(), "{event}");
+    }
+    for id in &refs {
+        let kinds: Vec<&str> = seen
+            .iter()
+            .filter(|(_, e)| e["resourceId"] == *id)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(kinds, ["queued", "started", "succeeded"], "{id}: {seen:?}");
+    }
+    let tail = read_events(followed, |events| {
+        events.iter().any(|(name, _)| name == "end")
+    })
+    .await;
+    let (name, end) = tail.last().unwrap();
+    assert_eq!(
+        (name.as_str(), &end["requestId"]),
+        ("end", &Value::from(chain_id.as_str()))
+    );
+    assert!(
+        tail.iter()
+            .all(|(name, e)| name == "end" || e["chainId"] == chain_id.as_str()),
+        "{tail:?}"
+    );
+
+    // Errors before the stream starts are ordinary envelopes.
+    let unknown = open_events(&app, &[("requestId", "987654321")]).await;
+    let body: Value = serde_json::from_str(&unknown.text().await.unwrap()).unwrap();
+    assert_eq!(body["code"], 5000, "{body}");
+}
