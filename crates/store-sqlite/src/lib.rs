@@ -185,6 +185,10 @@ impl Store for SqliteStore {
         self.read(reads::stats).await
     }
 
+    async fn queue_summary(&self, now: UnixMillis) -> StoreResult<QueueSummary> {
+        self.read(move |c| reads::queue_summary(c, now)).await
+    }
+
     async fn api_key(&self, secret_id: &SecretId) -> StoreResult<Option<ApiKey>> {
         let secret_id = secret_id.clone();
         self.read(move |c| reads::api_key(c, &secret_id)).await

@@ -4,6 +4,7 @@ use crate::writer::backend;
 use crate::writes::{effect_from_json, parse_object};
 use qtask_core::{
     AccountId, Region, RequestId, ResourceId, ResourceState, SecretId, TaskError, TaskState,
+    UnixMillis,
 };
 use qtask_store::*;
 use r2d2_sqlite::rusqlite::types::{ToSql, Type};
@@ -131,6 +132,25 @@ pub fn stats(conn: &Connection) -> StoreResult<StoreStats> {
         tasks,
         fenced_completions,
     })
+}
+
+pub fn queue_summary(conn: &Connection, now: UnixMillis) -> StoreResult<QueueSummary> {
+    // The repeated state test lets SQLite use the small partial index of unfinished
+    // tasks; the resource's `active_task` says whether the task heads its queue.
+    conn.prepare_cached(
+        "SELECT COUNT(*), MIN(MAX(t.created_at, t.not_before))
+         FROM tasks t JOIN resources r ON r.id = t.resource_id AND r.active_task = t.id
+         WHERE t.state IN ('QUEUED', 'RUNNING') AND t.state = 'QUEUED' AND t.not_before <= ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([now], |r| {
+            Ok(QueueSummary {
+                ready: r.get::<_, i64>(0)? as u64,
+                oldest_ready_since: r.get(1)?,
+            })
+        })
+    })
+    .map_err(backend)
 }
 
 pub fn api_key(conn: &Connection, secret_id: &SecretId) -> StoreResult<Option<ApiKey>> {

@@ -85,6 +85,7 @@ on_a_fresh_store! {
     purge_deletes_expired_nonces_and_old_client_tokens,
     purge_deletes_idle_resources_of_a_kind_and_state,
     stats_count_tasks_by_state,
+    queue_summary_counts_ready_tasks_and_the_oldest_wait,
     task_and_group_reads_are_account_scoped,
     task_listing_filters_and_pages,
     resource_listing_filters_and_pages,

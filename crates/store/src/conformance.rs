@@ -4067,6 +4067,79 @@ pub async fn stats_count_tasks_by_state(store: &dyn Store) {
     assert_eq!(tasks_by_state(store).await, expected);
 }
 
+/// The queue summary counts the QUEUED tasks a worker could claim now, in every account:
+/// not those waiting behind another task on their resource, for a backoff, or running;
+/// the oldest is ready since the later of its submission and its backoff's end.
+pub async fn queue_summary_counts_ready_tasks_and_the_oldest_wait(store: &dyn Store) {
+    let summary = |now: UnixMillis| async move {
+        store
+            .queue_summary(now)
+            .await
+            .unwrap_or_else(|e| panic!("queue_summary failed: {e}"))
+    };
+    assert_eq!(summary(T0).await, QueueSummary::default(), "an empty store");
+    let a = account(store, "main").await;
+    let b = account(store, "other").await;
+    for n in 1..=4 {
+        instance(store, a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    instance(store, b, gz(), &ins(5), "RUNNING", json!({}), T0).await;
+    let first = start_task(store, a, &ins(1), "StopInstances", stop_effect(), T0 + 10).await;
+    let second = start_task(store, b, &ins(5), "StopInstances", stop_effect(), T0 + 20).await;
+    wait_behind(
+        store,
+        b,
+        &ins(5),
+        "StartInstances",
+        &[],
+        start_effect(),
+        T0 + 30,
+    )
+    .await;
+    let running = start_task(store, a, &ins(3), "StopInstances", stop_effect(), T0 + 40).await;
+    claim(store, running, T0 + 50).await;
+    let retrying = start_task(store, a, &ins(4), "StopInstances", stop_effect(), T0 + 60).await;
+    let backoff = T0 + 5_000;
+    let attempt = claim(store, retrying, T0 + 70).await;
+    let retry = TaskOutcome::Retry {
+        error: fault(),
+        not_before: backoff,
+    };
+    complete(store, &attempt, retry, T0 + 80).await;
+    let ready = |count: u64, since: UnixMillis| QueueSummary {
+        ready: count,
+        oldest_ready_since: Some(since),
+    };
+    assert_eq!(
+        summary(T0 + 100).await,
+        ready(2, T0 + 10),
+        "two heads of their queues, in two accounts; not the waiting, running or retrying"
+    );
+    finish(store, first, success(), T0 + 200).await;
+    assert_eq!(
+        summary(T0 + 300).await,
+        ready(1, T0 + 20),
+        "a finished task leaves the queue"
+    );
+    assert_eq!(
+        summary(backoff).await,
+        ready(2, T0 + 20),
+        "a retry is ready once its backoff ended"
+    );
+    finish(store, second, success(), backoff).await;
+    let after = summary(backoff + 1).await;
+    assert_eq!(
+        after.ready, 2,
+        "the task that waited behind a finished one is ready: {after:?}"
+    );
+    finish(store, retrying, success(), backoff + 2).await;
+    assert_eq!(
+        summary(backoff + 3).await.ready,
+        1,
+        "only the promoted task is left"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // group commit under concurrency
 // ---------------------------------------------------------------------------------------

@@ -125,6 +125,9 @@ pub trait Store: Send + Sync + 'static {
     async fn purged(&self, account: AccountId, id: RequestId) -> StoreResult<bool>;
     /// Engine-wide counters.
     async fn stats(&self) -> StoreResult<StoreStats>;
+    /// The tasks ready to run as of `now` that no worker holds: the depth of the work
+    /// queue and how long its oldest entry has waited (for metrics; cheap to call).
+    async fn queue_summary(&self, now: UnixMillis) -> StoreResult<QueueSummary>;
     async fn tasks(
         &self,
         account: AccountId,
@@ -394,4 +397,15 @@ pub struct StoreStats {
     pub tasks: Vec<(TaskState, u64)>,
     /// Outcomes refused because their worker had lost its lease, ever.
     pub fenced_completions: u64,
+}
+
+/// The QUEUED tasks a worker could claim now: at the head of their resource's queue and
+/// past any retry backoff (tasks waiting behind another on their resource, or for a
+/// backoff to end, are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueSummary {
+    pub ready: u64,
+    /// Since when the longest-waiting ready task has been ready: the later of its
+    /// submission and the end of its backoff. `None` when no task is ready.
+    pub oldest_ready_since: Option<UnixMillis>,
 }
