@@ -85,6 +85,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     }
     dispatcher.enqueue(recovered);
     let maintenance_stop = CancellationToken::new();
+    let callbacks = qtask_executors::callbacks::start(
+        Arc::clone(&store),
+        &events,
+        Default::default(),
+        maintenance_stop.clone(),
+    );
     let maintenance = maintenance::start(
         Arc::clone(&store),
         Arc::clone(&catalog),
@@ -136,6 +142,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             pool.join().await;
             maintenance_stop.cancel();
             let _ = maintenance.await;
+            let _ = callbacks.await;
             http_stop.cancel();
         }
     });

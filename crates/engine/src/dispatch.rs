@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How this process's workers hold tasks.
 #[derive(Debug, Clone)]
@@ -204,6 +205,7 @@ impl Worker {
 
     /// Runs one task from claim to recorded outcome: the engine's single step, also
     /// used by tests. `stop` interrupts it (shutdown after the grace period).
+    #[tracing::instrument(name = "task", skip_all, fields(requestId = %task))]
     pub async fn run(&self, task: RequestId, stop: &CancellationToken) -> Step {
         let claimed_at = Instant::now();
         let now = now_millis();
@@ -238,6 +240,7 @@ impl Worker {
             let cancel = cancel.clone();
             let timeout = policy.timeout;
             async move { tokio::time::timeout(timeout, executor.execute(&claimed, &cancel)).await }
+                .in_current_span()
         }));
         let joined = tokio::select! {
             biased;

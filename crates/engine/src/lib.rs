@@ -17,7 +17,7 @@ pub mod executor;
 pub mod maintenance;
 pub mod policy;
 pub mod time;
-mod views;
+pub mod views;
 pub mod watch;
 
 use args::ArgError;

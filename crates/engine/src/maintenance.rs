@@ -6,6 +6,7 @@ use crate::catalog::Catalog;
 use crate::dispatch::Dispatcher;
 use crate::time::now_millis;
 use qtask_store::{PurgeReport, ResourceRetention, Retention, Store};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +91,14 @@ pub async fn purge_expired(
     }
 }
 
+/// Tasks this process's rescue loop put back in the queue since it started (for
+/// metrics). Process-wide because a process runs one maintenance loop.
+static RESCUED_TASKS: AtomicU64 = AtomicU64::new(0);
+
+pub fn rescued_tasks() -> u64 {
+    RESCUED_TASKS.load(Ordering::Relaxed)
+}
+
 /// Starts the rescue and retention loops; they end when `stop` is cancelled.
 pub fn start(
     store: Arc<dyn Store>,
@@ -111,6 +120,7 @@ pub fn start(
                 _ = rescue.tick() => {
                     match store.rescue(now_millis(), dispatcher.running()).await {
                         Ok(rescued) if !rescued.is_empty() => {
+                            RESCUED_TASKS.fetch_add(rescued.len() as u64, Ordering::Relaxed);
                             tracing::warn!(count = rescued.len(), "rescued tasks whose lease expired");
                             dispatcher.enqueue(rescued);
                         }

@@ -34,6 +34,7 @@
 //! comparison) and should also refuse timestamps more than a few minutes old, which
 //! keeps a captured request from being replayed later.
 
+pub mod callbacks;
 mod document;
 mod exec;
 mod http;

@@ -177,3 +177,85 @@ async fn the_event_stream_delivers_every_event_of_a_chain_in_order_then_ends() {
     let body: Value = serde_json::from_str(&unknown.text().await.unwrap()).unwrap();
     assert_eq!(body["code"], 5000, "{body}");
 }
+
+/// A callback receiver on 127.0.0.1 that fails its first `failures` requests with 503
+/// and records every request (headers and body).
+async fn receiver(
+    failures: usize,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let record = Arc::clone(&record);
+            async move {
+                let mut seen = record.lock().unwrap();
+                seen.push((headers, body));
+                if seen.len() <= failures {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_chain_calls_back_once_when_final_signed_and_retried() {
+    let app = TestApp::spawn().await;
+    let ids = app.create_instances(2, "hooked").await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (url, seen) = receiver(1).await;
+    let stop = chain(&app, "StopInstances", &refs, &[("callbackUrl", &url)]).await;
+    assert_eq!(stop["code"], 0, "{stop}");
+    let chain_id = text(&stop["requestId"]).to_owned();
+    crate::helpers::wait_for("the callback to be delivered", async || {
+        (seen.lock().unwrap().len() >= 2).then_some(())
+    })
+    .await;
+    // A little longer: no second delivery may follow the successful one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one 503, then one success: {seen:?}");
+    let (headers, body) = &seen[1];
+    assert_eq!(seen[0].1, *body, "the retry sends the same body");
+    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+    assert_eq!(header("x-qtask-secret-id"), app.secret_id);
+    assert!(qtask_executors::verify_signature(
+        &app.secret_key,
+        &header("x-qtask-timestamp"),
+        body.as_bytes(),
+        &header("x-qtask-signature"),
+    ));
+    assert!(!qtask_executors::verify_signature(
+        "another key",
+        &header("x-qtask-timestamp"),
+        body.as_bytes(),
+        &header("x-qtask-signature"),
+    ));
+    let payload: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(payload["event"], "chainFinished", "{payload}");
+    assert_eq!(payload["data"]["requestId"], chain_id.as_str(), "{payload}");
+    assert_eq!(payload["data"]["state"], "SUCCESS", "{payload}");
+    assert_eq!(payload["data"]["taskCount"], 2, "{payload}");
+
+    let bad = chain(
+        &app,
+        "StartInstances",
+        &refs,
+        &[("callbackUrl", "ftp://example/x")],
+    )
+    .await;
+    assert_eq!(bad["code"], 4000, "{bad}");
+    assert!(text(&bad["message"]).contains("callbackUrl"), "{bad}");
+}

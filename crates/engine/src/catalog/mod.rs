@@ -31,6 +31,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Parameters every mutating action accepts besides its own.
 pub const CLIENT_TOKEN: &str = "clientToken";
+/// Where to POST the result when the task (or the whole chain) is final.
+pub const CALLBACK_URL: &str = "callbackUrl";
+/// Stored beside the callback URL: the SecretId whose key signs the callback.
+pub const CALLBACK_SECRET_ID: &str = "callbackSecretId";
+/// Parameters every mutating action takes besides its own.
+pub const MUTATING_COMMON: [&str; 2] = [CLIENT_TOKEN, CALLBACK_URL];
 
 /// What a query handler sees.
 pub struct QueryContext<'a> {
@@ -75,11 +81,12 @@ impl ActionSpec {
     pub fn check_params(&self, params: &Map<String, Value>) -> Result<(), ArgError> {
         let mutating = self.is_mutating();
         for name in params.keys() {
-            let known = self.params.contains(&name.as_str()) || (mutating && name == CLIENT_TOKEN);
+            let known = self.params.contains(&name.as_str())
+                || (mutating && MUTATING_COMMON.contains(&name.as_str()));
             if !known {
                 let mut accepted: Vec<&str> = self.params.to_vec();
                 if mutating {
-                    accepted.push(CLIENT_TOKEN);
+                    accepted.extend(MUTATING_COMMON);
                 }
                 let hint = if accepted.is_empty() {
                     "it takes no parameters".to_owned()
@@ -321,7 +328,10 @@ impl Operation {
                 })
                 .collect(),
         };
-        let stored_params = Value::Object(prepared.stored_params);
+        let mut stored = prepared.stored_params;
+        let idempotency = idempotency_key(call, self.action, &Value::Object(stored.clone()))?;
+        attach_callback(call, &mut stored)?;
+        let stored_params = Value::Object(stored);
         Ok(Plan {
             action: self.action.to_owned(),
             tasks: targets
@@ -333,7 +343,7 @@ impl Operation {
                     on_busy: self.policy.on_busy,
                 })
                 .collect(),
-            idempotency: idempotency_key(call, self.action, &stored_params)?,
+            idempotency,
             shape: AnswerShape {
                 action: self.action,
                 noun: self.resource.noun,
@@ -342,6 +352,26 @@ impl Operation {
             },
         })
     }
+}
+
+/// Checks the call's `callbackUrl`, if any, and stores beside it the SecretId whose
+/// key will sign the callback (a SecretId is not a secret; its key stays in the key
+/// store).
+pub fn attach_callback(call: &Call, stored: &mut Map<String, Value>) -> Result<(), ArgError> {
+    let Some(text) = Args(&call.params).bounded_text(CALLBACK_URL, 1024)? else {
+        return Ok(());
+    };
+    let url = url::Url::parse(text)
+        .map_err(|e| ArgError::new(CALLBACK_URL, format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ArgError::new(CALLBACK_URL, "must be an http:// or https:// URL"));
+    }
+    stored.insert(CALLBACK_URL.into(), Value::String(text.to_owned()));
+    stored.insert(
+        CALLBACK_SECRET_ID.into(),
+        Value::String(call.secret_id.as_str().to_owned()),
+    );
+    Ok(())
 }
 
 /// The call's client token, if it has one, with the digest that tells a repeat from a

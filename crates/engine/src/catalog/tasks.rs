@@ -2,7 +2,7 @@
 //! the same status integers, and `DescribeTasks`.
 
 use super::{
-    idempotency_key, parse_request_id, ActionSpec, AnswerShape, BoxFuture, Handler, Plan,
+    attach_callback, idempotency_key, parse_request_id, ActionSpec, AnswerShape, BoxFuture, Handler, Plan,
     QueryContext, QueryFn, Targets,
 };
 use crate::args::{ArgError, Args};
@@ -176,17 +176,20 @@ async fn retry_task(ctx: QueryContext<'_>) -> Result<Plan, EngineError> {
                     .map(|s| ResourceState::new(s))
                     .collect(),
             };
-            PlannedTask {
+            // A callback given to RetryTask replaces the original one.
+            let mut params = task.params.as_object().cloned().unwrap_or_default();
+            attach_callback(ctx.call, &mut params)?;
+            Ok(PlannedTask {
                 target: Target::Existing {
                     id: task.resource.clone(),
                     allowed,
                 },
-                params: task.params.clone(),
+                params: Value::Object(params),
                 effect,
                 on_busy: operation.policy.on_busy,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, ArgError>>()?;
     Ok(Plan {
         action: operation.action.to_owned(),
         tasks: planned,
