@@ -216,7 +216,7 @@ pub const MAX_WAIT_SECONDS: i64 = 30;
 
 /// A task or a chain, as a request ID names it.
 enum Named {
-    Task(TaskRecord),
+    Task(Box<TaskRecord>),
     Chain(GroupRecord),
 }
 
@@ -236,7 +236,7 @@ impl Named {
 async fn lookup(ctx: &QueryContext<'_>, id: RequestId) -> Result<Named, EngineError> {
     let account = ctx.call.account;
     if let Some(task) = ctx.store.task(account, id).await? {
-        return Ok(Named::Task(task));
+        return Ok(Named::Task(Box::new(task)));
     }
     match ctx.store.group(account, id).await? {
         Some(group) => Ok(Named::Chain(group)),
