@@ -13,6 +13,13 @@ use std::collections::BTreeMap;
 
 /// The deepest nesting a name may have (`a.0.b.1` has depth 4).
 pub const MAX_NAME_DEPTH: usize = 8;
+/// The most parameters one request may carry (a 100-resource chain with two fields
+/// per resource needs about 210).
+pub const MAX_PARAMS: usize = 1000;
+/// The longest parameter name, in bytes, once decoded.
+pub const MAX_NAME_BYTES: usize = 128;
+/// The longest parameter value, in bytes, once decoded.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
 
 /// What is wrong with the parameters, naming the parameter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +40,12 @@ pub enum ParamError {
     ListGap { name: String, missing: usize },
     #[error("parameter name {name} nests deeper than {max} levels")]
     TooDeep { name: String, max: usize },
+    #[error("the request has {count} parameters; at most {max} are accepted")]
+    TooMany { count: usize, max: usize },
+    #[error("parameter name {name}… is longer than {max} bytes")]
+    NameTooLong { name: String, max: usize },
+    #[error("parameter {name} is longer than {max} bytes")]
+    ValueTooLong { name: String, max: usize },
 }
 
 /// Decoded parameters: names normalised (`_` → `.`), unique, sorted byte-wise — the
@@ -45,6 +58,17 @@ pub struct Params {
 impl Params {
     /// Decodes a query string or an `application/x-www-form-urlencoded` body.
     pub fn decode(form: &[u8]) -> Result<Self, ParamError> {
+        // Counted before anything is decoded, so a flood of parameters costs nothing.
+        let count = form
+            .split(|&b| b == b'&')
+            .filter(|part| !part.is_empty())
+            .count();
+        if count > MAX_PARAMS {
+            return Err(ParamError::TooMany {
+                count,
+                max: MAX_PARAMS,
+            });
+        }
         let pairs = form
             .split(|&b| b == b'&')
             .filter(|part| !part.is_empty())
@@ -56,8 +80,20 @@ impl Params {
                 let name = decode_component(name).map_err(|raw| ParamError::NotUtf8 {
                     name: String::from_utf8_lossy(&raw).into_owned(),
                 })?;
+                if name.len() > MAX_NAME_BYTES {
+                    return Err(ParamError::NameTooLong {
+                        name: name.chars().take(40).collect(),
+                        max: MAX_NAME_BYTES,
+                    });
+                }
                 let value = decode_component(value)
                     .map_err(|_| ParamError::NotUtf8 { name: name.clone() })?;
+                if value.len() > MAX_VALUE_BYTES {
+                    return Err(ParamError::ValueTooLong {
+                        name,
+                        max: MAX_VALUE_BYTES,
+                    });
+                }
                 Ok((name, value))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -272,6 +308,33 @@ fn list_index(key: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn limits_are_named_in_the_refusal() {
+        let many: String = (0..=MAX_PARAMS).map(|i| format!("p{i}=1&")).collect();
+        assert_eq!(
+            Params::decode(many.as_bytes()).unwrap_err().to_string(),
+            format!(
+                "the request has {} parameters; at most {MAX_PARAMS} are accepted",
+                MAX_PARAMS + 1
+            )
+        );
+        let long_name = format!("{}=1", "n".repeat(MAX_NAME_BYTES + 1));
+        assert!(Params::decode(long_name.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .ends_with(&format!("is longer than {MAX_NAME_BYTES} bytes")));
+        let long_value = format!("v={}", "x".repeat(MAX_VALUE_BYTES + 1));
+        assert_eq!(
+            Params::decode(long_value.as_bytes())
+                .unwrap_err()
+                .to_string(),
+            format!("parameter v is longer than {MAX_VALUE_BYTES} bytes")
+        );
+        let at_limit = format!("v={}", "x".repeat(MAX_VALUE_BYTES));
+        assert!(Params::decode(at_limit.as_bytes()).is_ok());
+    }
+
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
