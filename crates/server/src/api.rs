@@ -12,6 +12,8 @@ use qtask_protocol::signature::HttpMethod;
 use qtask_protocol::{ApiError, ErrorCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 pub async fn get(
     State(state): State<Arc<AppState>>,
@@ -41,27 +43,83 @@ async fn handle(
     uri: &Uri,
     form: &[u8],
 ) -> Response {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()));
-    let request = IncomingRequest { method, host, form };
-    if let Some(refused) = refuse_when_draining(state) {
-        return refused;
+    // Every log line of the call carries its peer, action and requestId.
+    let span = tracing::info_span!("call", %peer, action = Empty, requestId = Empty);
+    async move {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()));
+        let request = IncomingRequest { method, host, form };
+        if let Some(refused) = refuse_when_draining(state) {
+            return answered(refused, None, ErrorCode::Unavailable.code());
+        }
+        match auth::verify(state, request, now_millis()).await {
+            Ok(call) => {
+                let span = tracing::Span::current();
+                span.record("action", call.action.as_str());
+                // A call about a task names it; a call that creates tasks answers with one.
+                let named = call.params.get("requestId").and_then(|id| id.as_str());
+                if let Some(id) = named {
+                    span.record("requestId", id);
+                }
+                let names_a_task = named.is_some();
+                let action = call.action.clone();
+                let body = state.engine.call(call).await;
+                let summary = AnswerSummary::of(&body);
+                if let (Some(id), false) = (&summary.request_id, names_a_task) {
+                    span.record("requestId", id.as_str());
+                }
+                tracing::info!(answer = %head(&body), "call");
+                answered(answer(body), Some(action), summary.code)
+            }
+            Err(error) => {
+                tracing::info!(code = error.code.code(), message = %error.message, "refused");
+                answered(answer(error.to_body()), None, error.code.code())
+            }
+        }
     }
-    let body = match auth::verify(state, request, now_millis()).await {
-        Ok(call) => {
-            let action = call.action.clone();
-            let body = state.engine.call(call).await;
-            tracing::info!(%peer, action, answer = %head(&body), "call");
-            body
-        }
-        Err(error) => {
-            tracing::info!(%peer, code = error.code.code(), message = %error.message, "refused");
-            error.to_body()
-        }
-    };
-    answer(body)
+    .instrument(span)
+    .await
+}
+
+/// What an API call was and how it was answered, attached to its response for the
+/// metrics layer.
+#[derive(Debug, Clone)]
+pub struct AnsweredCall {
+    /// `None` when the call was refused before its action was known.
+    pub action: Option<String>,
+    pub code: u32,
+}
+
+fn answered(mut response: Response, action: Option<String>, code: u32) -> Response {
+    response
+        .extensions_mut()
+        .insert(AnsweredCall { action, code });
+    response
+}
+
+/// The fields of an answer the log and the metrics need; the rest is skipped unread.
+#[derive(Debug, serde::Deserialize)]
+struct AnswerSummary {
+    code: u32,
+    #[serde(rename = "requestId")]
+    request_id: Option<String>,
+}
+
+impl AnswerSummary {
+    fn of(body: &str) -> Self {
+        let mut summary: Self = serde_json::from_str(body).unwrap_or_else(|error| {
+            tracing::error!(%error, "the engine rendered an answer that is not an envelope");
+            Self {
+                code: ErrorCode::InternalError.code(),
+                request_id: None,
+            }
+        });
+        // A chain that every resource refused has an empty requestId.
+        summary.request_id = summary.request_id.filter(|id| !id.is_empty());
+        summary
+    }
 }
 
 /// 6200 once shutdown began: nothing new is accepted, so a client should retry

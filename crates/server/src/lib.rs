@@ -11,6 +11,8 @@
 pub mod api;
 pub mod auth;
 pub mod events;
+pub mod health;
+pub mod metrics;
 pub mod render;
 pub mod tls;
 
@@ -59,7 +61,8 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route(qtask_protocol::API_PATH, get(api::get).post(api::post))
         .route(EVENTS_PATH, get(events::stream))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
         .with_state(state)
 }
 
