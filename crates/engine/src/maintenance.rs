@@ -34,7 +34,7 @@ impl Default for RetentionSettings {
             client_tokens: CLIENT_TOKEN_LIFETIME,
             retired_resources: Duration::from_secs(3600),
             interval: Duration::from_secs(60),
-            batch: 500,
+            batch: 200,
         }
     }
 }

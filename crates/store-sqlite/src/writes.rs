@@ -903,22 +903,33 @@ pub fn purge(conn: &Connection, retention: &Retention) -> StoreResult<PurgeRepor
         rows
     };
     report.tasks = finished.len() as u64;
+    // Per account, the highest ID deleted (a task's or its group's); per group, one
+    // check whether it is left empty.
+    let mut watermarks: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    let mut groups: Vec<i64> = Vec::new();
     for (task, account, group) in &finished {
         conn.prepare_cached("DELETE FROM tasks WHERE id = ?1")
             .and_then(|mut s| s.execute([task]))
             .map_err(backend)?;
-        let mut purged = *task;
+        let mark = watermarks.entry(*account).or_default();
+        *mark = (*mark).max(*task).max(group.unwrap_or(0));
         if let Some(group) = group {
-            let deleted = conn
-                .prepare_cached(
-                    "DELETE FROM task_groups WHERE id = ?1
-                     AND NOT EXISTS (SELECT 1 FROM tasks WHERE group_id = ?1)",
-                )
-                .and_then(|mut s| s.execute([group]))
-                .map_err(backend)?;
-            report.groups += deleted as u64;
-            purged = purged.max(*group);
+            if !groups.contains(group) {
+                groups.push(*group);
+            }
         }
+    }
+    for group in groups {
+        let deleted = conn
+            .prepare_cached(
+                "DELETE FROM task_groups WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM tasks WHERE group_id = ?1)",
+            )
+            .and_then(|mut s| s.execute([group]))
+            .map_err(backend)?;
+        report.groups += deleted as u64;
+    }
+    for (account, purged) in watermarks {
         conn.prepare_cached(
             "UPDATE accounts SET purged_up_to = MAX(purged_up_to, ?2) WHERE id = ?1",
         )
