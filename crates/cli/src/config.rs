@@ -2,6 +2,7 @@
 //! environment variables, then flags — each later source overriding the earlier.
 //! Every option has one flag, one variable and one file key (the flag's name with `_`).
 
+use crate::logging::LogFormat;
 use anyhow::{bail, Context};
 use qtask_engine::catalog::file::PolicyFile;
 use qtask_engine::maintenance::RetentionSettings;
@@ -117,6 +118,22 @@ pub struct ServeArgs {
     )]
     #[serde(default)]
     pub catalogs: Vec<PathBuf>,
+    /// Log lines on stderr as `text` or `json` (one object per line); QTASK_LOG sets
+    /// what is logged (default `info`) [default: text].
+    #[arg(long, env = "QTASK_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics at /metrics, on the API's listeners: `on` or `off`
+    /// [default: on].
+    #[arg(long, env = "QTASK_METRICS", value_name = "SWITCH")]
+    pub metrics: Option<Switch>,
+}
+
+/// An option that is `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    On,
+    Off,
 }
 
 fn positive_duration(option: &str, text: &str) -> anyhow::Result<Duration> {
@@ -146,6 +163,9 @@ pub struct ServeConfig {
     pub sim_journal: Option<PathBuf>,
     pub actions: HashMap<String, PolicyFile>,
     pub catalogs: Vec<PathBuf>,
+    pub log_format: LogFormat,
+    /// Whether /metrics is served.
+    pub metrics: bool,
 }
 
 impl ServeConfig {
@@ -245,6 +265,8 @@ impl ServeConfig {
             } else {
                 args.catalogs
             },
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            metrics: args.metrics.or(file.metrics) != Some(Switch::Off),
         })
     }
 }
@@ -337,6 +359,35 @@ mod tests {
         assert!(
             error.to_string().contains("lease must be longer"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn log_format_and_metrics_come_from_the_file_unless_a_flag_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("qtask.toml");
+        std::fs::write(&file, "log_format = \"json\"\nmetrics = \"off\"\n").unwrap();
+        let from_file = ServeConfig::resolve(ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (from_file.log_format, from_file.metrics),
+            (LogFormat::Json, false)
+        );
+        let flags = ServeConfig::resolve(ServeArgs {
+            config: Some(file),
+            log_format: Some(LogFormat::Text),
+            metrics: Some(Switch::On),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!((flags.log_format, flags.metrics), (LogFormat::Text, true));
+        let defaults = ServeConfig::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(
+            (defaults.log_format, defaults.metrics),
+            (LogFormat::Text, true)
         );
     }
 

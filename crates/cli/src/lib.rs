@@ -9,4 +9,5 @@ pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod keys;
+pub mod logging;
 pub mod serve;

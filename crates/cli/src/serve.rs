@@ -11,6 +11,7 @@ use qtask_engine::events::EventBus;
 use qtask_engine::executor::{Executor, Router, SimExecutor, SimSettings};
 use qtask_engine::{maintenance, Engine};
 use qtask_executors::{ExecExecutor, ExecSettings, HttpExecutor, HttpSettings};
+use qtask_server::metrics::{self, Metrics};
 use qtask_server::render::ProtocolRender;
 use qtask_server::{AppState, AuthSettings, Listeners};
 use qtask_store::Store;
@@ -45,6 +46,7 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    crate::logging::set_format(config.log_format);
     create_private_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(open_store(&config.data_dir)?);
@@ -63,6 +65,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         lease: config.lease,
     };
     let events = EventBus::default();
+    // Subscribed before the workers start, so the metrics see every attempt.
+    let metrics = config.metrics.then(|| {
+        let metrics = Arc::new(Metrics::new(&catalog, Arc::clone(&store)));
+        metrics::follow_task_events(Arc::clone(&metrics), events.subscribe());
+        metrics
+    });
     let worker = Worker::new(Arc::clone(&store), executor, Arc::clone(&catalog), settings)
         .with_events(events.clone());
     // Cancelled at SIGINT/SIGTERM: the API answers 6200 and workers take no new task.
@@ -146,13 +154,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             http_stop.cancel();
         }
     });
-    let served = qtask_server::serve(
-        qtask_server::app(state),
-        listeners,
-        http_stop,
-        Duration::from_secs(1),
-    )
-    .await;
+    let mut app = qtask_server::app(state);
+    if let Some(metrics) = metrics {
+        app = metrics::instrument(app, metrics);
+    }
+    let served = qtask_server::serve(app, listeners, http_stop, Duration::from_secs(1)).await;
     draining.cancel();
     signals.abort();
     let _ = stopper.await;

@@ -12,7 +12,7 @@ use qtask_protocol::signature::HttpMethod;
 use qtask_protocol::{ApiError, ErrorCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tracing::field::Empty;
+use tracing::field::{display, Empty};
 use tracing::Instrument;
 
 pub async fn get(
@@ -57,24 +57,24 @@ async fn handle(
         match auth::verify(state, request, now_millis()).await {
             Ok(call) => {
                 let span = tracing::Span::current();
-                span.record("action", call.action.as_str());
+                span.record("action", display(&call.action));
                 // A call about a task names it; a call that creates tasks answers with one.
                 let named = call.params.get("requestId").and_then(|id| id.as_str());
                 if let Some(id) = named {
-                    span.record("requestId", id);
+                    span.record("requestId", display(id));
                 }
                 let names_a_task = named.is_some();
                 let action = call.action.clone();
                 let body = state.engine.call(call).await;
                 let summary = AnswerSummary::of(&body);
                 if let (Some(id), false) = (&summary.request_id, names_a_task) {
-                    span.record("requestId", id.as_str());
+                    span.record("requestId", display(id));
                 }
                 tracing::info!(answer = %head(&body), "call");
                 answered(answer(body), Some(action), summary.code)
             }
             Err(error) => {
-                tracing::info!(code = error.code.code(), message = %error.message, "refused");
+                tracing::info!(code = error.code.code(), reason = %error.message, "refused");
                 answered(answer(error.to_body()), None, error.code.code())
             }
         }

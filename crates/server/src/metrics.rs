@@ -447,8 +447,12 @@ pub fn follow_task_events(
 }
 
 fn task_span(event: &TaskEvent) -> tracing::Span {
-    tracing::info_span!("task", requestId = %event.task, action = %event.action)
+    tracing::info_span!(target: TASK_LOG, "task", requestId = %event.task, action = %event.action)
 }
+
+/// The log target of task outcome lines (`QTASK_LOG=warn,qtask::tasks=info` keeps
+/// them and little else).
+const TASK_LOG: &str = "qtask::tasks";
 
 /// One line per task outcome, in the task's span (its requestId and action). Lines the
 /// worker writes itself (a lost lease) are not repeated.
@@ -457,28 +461,33 @@ fn log_task_event(event: &TaskEvent) {
     let _in_task = span.enter();
     let attempt = event.attempt;
     let duration_ms = event.duration_ms;
-    let (code, message) = event
+    let (code, error) = event
         .error
         .as_ref()
         .map(|e| (e.code, e.message.as_str()))
         .unzip();
     match event.kind {
-        EventKind::Queued => tracing::debug!(resource = %event.resource, "task queued"),
-        EventKind::Started => tracing::debug!(attempt, "attempt started"),
-        EventKind::Succeeded => tracing::info!(attempt, duration_ms, "task succeeded"),
-        EventKind::Canceled => tracing::info!(attempt, duration_ms, message, "task canceled"),
-        EventKind::Released => tracing::info!(attempt, "task given back to the queue at shutdown"),
-        EventKind::Retrying => {
-            tracing::warn!(
-                attempt,
-                duration_ms,
-                code,
-                message,
-                "attempt failed; will retry"
-            )
+        EventKind::Queued => {
+            tracing::debug!(target: TASK_LOG, resource = %event.resource, "task queued")
         }
-        EventKind::Failed => tracing::warn!(attempt, duration_ms, code, message, "task failed"),
+        EventKind::Started => tracing::debug!(target: TASK_LOG, attempt, "attempt started"),
+        EventKind::Succeeded => {
+            tracing::info!(target: TASK_LOG, attempt, duration_ms, "task succeeded")
+        }
+        EventKind::Canceled => {
+            tracing::info!(target: TASK_LOG, attempt, duration_ms, reason = error, "task canceled")
+        }
+        EventKind::Released => {
+            tracing::info!(target: TASK_LOG, attempt, "task given back to the queue at shutdown")
+        }
+        EventKind::Retrying => {
+            tracing::warn!(target: TASK_LOG, attempt, duration_ms, code, error, "attempt failed; will retry")
+        }
+        EventKind::Failed => {
+            tracing::warn!(target: TASK_LOG, attempt, duration_ms, code, error, "task failed")
+        }
         EventKind::Fenced => tracing::warn!(
+            target: TASK_LOG,
             attempt,
             "a late outcome was refused: another worker had taken the task over"
         ),
