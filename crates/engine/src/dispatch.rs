@@ -205,7 +205,7 @@ impl Worker {
 
     /// Runs one task from claim to recorded outcome: the engine's single step, also
     /// used by tests. `stop` interrupts it (shutdown after the grace period).
-    #[tracing::instrument(name = "task", skip_all, fields(requestId = %task))]
+    #[tracing::instrument(name = "task", level = "error", skip_all, fields(requestId = %task))]
     pub async fn run(&self, task: RequestId, stop: &CancellationToken) -> Step {
         let claimed_at = Instant::now();
         let now = now_millis();

@@ -43,8 +43,9 @@ async fn handle(
     uri: &Uri,
     form: &[u8],
 ) -> Response {
-    // Every log line of the call carries its peer, action and requestId.
-    let span = tracing::info_span!("call", %peer, action = Empty, requestId = Empty);
+    // Every log line of the call carries its peer, action and requestId. The span is
+    // context, not a line of its own: at error level it is on whenever any line is.
+    let span = tracing::error_span!("call", %peer, action = Empty, requestId = Empty);
     async move {
         let host = headers
             .get(header::HOST)

@@ -446,8 +446,10 @@ pub fn follow_task_events(
     })
 }
 
+/// The task's context on its lines; at error level so that it is there whatever
+/// `QTASK_LOG` lets through (a span prints no line of its own).
 fn task_span(event: &TaskEvent) -> tracing::Span {
-    tracing::info_span!(target: TASK_LOG, "task", requestId = %event.task, action = %event.action)
+    tracing::error_span!(target: TASK_LOG, "task", requestId = %event.task, action = %event.action)
 }
 
 /// The log target of task outcome lines (`QTASK_LOG=warn,qtask::tasks=info` keeps

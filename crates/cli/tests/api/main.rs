@@ -7,6 +7,7 @@ mod durability;
 mod engine;
 mod helpers;
 mod lb;
+mod ops;
 mod protocol;
 mod sdk;
 mod tasks;
