@@ -392,6 +392,44 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_lists_every_option_with_its_variable_and_file_key() {
+        let reference = include_str!("../../../docs/reference.md");
+        let serve = reference
+            .split("## Client commands")
+            .next()
+            .expect("the reference has a serve section");
+        let command = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+        let mut missing = Vec::new();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else {
+                continue;
+            };
+            let mut names = vec![format!("`--{long}")];
+            names.extend(
+                arg.get_env()
+                    .map(|env| format!("`{}`", env.to_string_lossy())),
+            );
+            if arg.get_id() != "config" {
+                names.push(format!("`{}`", arg.get_id()));
+            }
+            missing.extend(
+                names
+                    .into_iter()
+                    .filter(|name| !serve.contains(name.as_str())),
+            );
+        }
+        for file_only in ["`sim_failure_rates`", "`actions.NAME`"] {
+            if !serve.contains(file_only) {
+                missing.push(file_only.to_owned());
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/reference.md does not mention {missing:?}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("qtask.toml");

@@ -721,3 +721,82 @@ impl LoggedServer {
         }
     }
 }
+
+// ---- backup ----
+
+/// The backup docs/operations.md documents, through Python's sqlite3 (on every machine
+/// that runs the tests; the `sqlite3` shell runs the same statement): `VACUUM INTO`
+/// copies a consistent snapshot of the live WAL database, then the copy is checked.
+const VACUUM_INTO: &str = "import sqlite3, sys
+sqlite3.connect(sys.argv[1]).execute('VACUUM INTO ?', (sys.argv[2],))
+print(sqlite3.connect(sys.argv[2]).execute('PRAGMA integrity_check').fetchone()[0])";
+
+#[tokio::test]
+async fn a_vacuum_into_backup_under_load_restores_every_acknowledged_task() {
+    let app = TestApp::spawn().await;
+    let mut acknowledged = Vec::new();
+    for _ in 0..5 {
+        let answer = app.call("RunInstances", &[("goodsNum", "2")]).await;
+        assert_eq!(answer["code"], 0, "{answer}");
+        acknowledged.push(text(&answer["requestId"]).to_owned());
+    }
+    // Keep submitting while the backup runs.
+    let submitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = tokio::spawn({
+        let client = app.client();
+        let submitted = Arc::clone(&submitted);
+        let stop = stop.clone();
+        async move {
+            while !stop.is_cancelled() {
+                let answer = call(&client, "RunInstances", &[("goodsNum", "3")]).await;
+                assert_eq!(answer["code"], 0, "{answer}");
+                submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    wait_for("the load to run", async || {
+        (submitted.load(std::sync::atomic::Ordering::Relaxed) >= 3).then_some(())
+    })
+    .await;
+
+    let restored = tempfile::tempdir().unwrap();
+    let data_dir = restored.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let backup = Command::new("python3")
+        .args(["-c", VACUUM_INTO])
+        .arg(app.data_dir.join("qtask.db"))
+        .arg(data_dir.join("qtask.db"))
+        .output()
+        .expect("python3 runs");
+    stop.cancel();
+    load.await.unwrap();
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&backup.stdout).trim(), "ok");
+    std::fs::copy(
+        app.data_dir.join("credentials"),
+        data_dir.join("credentials"),
+    )
+    .unwrap();
+
+    let server = LoggedServer::start(
+        &data_dir,
+        "warn",
+        &restored.path().join("restored.log"),
+        &["--sim-speed", "0"],
+    );
+    let (secret_id, secret_key) =
+        qtask::credentials::read(&data_dir.join("credentials")).expect("the copied credentials");
+    let client = server.client(&secret_id, &secret_key, HttpMethod::Get);
+    for id in &acknowledged {
+        let data = wait_final_with(&client, id).await;
+        assert_eq!(
+            data["state"], "SUCCESS",
+            "task {id} after the restore: {data}"
+        );
+    }
+}
