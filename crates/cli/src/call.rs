@@ -65,7 +65,8 @@ pub async fn run(args: CallArgs) -> anyhow::Result<Exit> {
     let client = Arc::new(args.connection.client()?);
     let answer = client.call(&args.action, params).await?;
     output::print_json(&answer);
-    if !args.wait {
+    // Only an accepted call (0) or a partly accepted chain (5400) started tasks.
+    if !args.wait || !matches!(answer_code(&answer), 0 | 5400) {
         return Ok(Exit::from_success(answer_code(&answer) == 0));
     }
     wait::follow(client, &answer, Duration::from_secs(args.wait_timeout)).await
