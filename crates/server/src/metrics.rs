@@ -456,8 +456,10 @@ fn task_span(event: &TaskEvent) -> tracing::Span {
 /// them and little else).
 const TASK_LOG: &str = "qtask::tasks";
 
-/// One line per task outcome, in the task's span (its requestId and action). Lines the
-/// worker writes itself (a lost lease) are not repeated.
+/// One line per task outcome, in the task's span (its requestId and action). Outcomes,
+/// failures included, are the callers' business: info. A refused late outcome is
+/// qtask's own trouble: warn. Lines the worker writes itself (a lost lease) are not
+/// repeated.
 fn log_task_event(event: &TaskEvent) {
     let span = task_span(event);
     let _in_task = span.enter();
@@ -483,10 +485,10 @@ fn log_task_event(event: &TaskEvent) {
             tracing::info!(target: TASK_LOG, attempt, "task given back to the queue at shutdown")
         }
         EventKind::Retrying => {
-            tracing::warn!(target: TASK_LOG, attempt, duration_ms, code, error, "attempt failed; will retry")
+            tracing::info!(target: TASK_LOG, attempt, duration_ms, code, error, "attempt failed; will retry")
         }
         EventKind::Failed => {
-            tracing::warn!(target: TASK_LOG, attempt, duration_ms, code, error, "task failed")
+            tracing::info!(target: TASK_LOG, attempt, duration_ms, code, error, "task failed")
         }
         EventKind::Fenced => tracing::warn!(
             target: TASK_LOG,
