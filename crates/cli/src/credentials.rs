@@ -23,7 +23,28 @@ pub fn path(data_dir: &Path) -> PathBuf {
 /// Writes the credentials file readable by its owner only.
 pub fn write(data_dir: &Path, secret_id: &str, secret_key: &str) -> anyhow::Result<PathBuf> {
     let path = path(data_dir);
-    let tmp = data_dir.join(format!(".{FILE_NAME}.tmp"));
+    write_private(
+        &path,
+        &format!("QTASK_SECRET_ID={secret_id}\nQTASK_SECRET_KEY={secret_key}\n"),
+    )?;
+    Ok(path)
+}
+
+/// Writes `text` to `path` through a temporary file renamed over it, mode 0600 (its
+/// directory is created, 0700, if missing).
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if !dir.as_os_str().is_empty() && !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp"));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -31,13 +52,13 @@ pub fn write(data_dir: &Path, secret_id: &str, secret_key: &str) -> anyhow::Resu
     let mut file = options
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    writeln!(
-        file,
-        "QTASK_SECRET_ID={secret_id}\nQTASK_SECRET_KEY={secret_key}"
-    )?;
+    // An existing temporary file keeps its mode through `open`: set it again.
+    #[cfg(unix)]
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Reads a credentials file: `(secret_id, secret_key)`.

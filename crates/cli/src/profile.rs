@@ -122,38 +122,7 @@ pub fn save(path: &Path, name: &str, profile: &Profile) -> anyhow::Result<()> {
         toml::Value::try_from(profile).context("cannot encode the profile")?,
     );
     let text = toml::to_string(&table).context("cannot encode the configuration")?;
-    write_private(path, &text)
-}
-
-/// Writes `text` to `path` through a temporary file renamed over it, mode 0600 (its
-/// directory is created, 0700, if missing).
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    if !dir.as_os_str().is_empty() && !dir.exists() {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    // An existing temporary file keeps its mode through `open`: set it again.
-    #[cfg(unix)]
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::credentials::write_private(path, &text)
 }
 
 /// `qtask configure`: asks for each setting of the profile `name` (prompts on stderr,
