@@ -381,18 +381,31 @@ impl Running {
     /// A bound for safety only: every attempt reports an end, except at shutdown.
     const LIMIT: usize = 1_000_000;
 
-    /// False when the task was already running.
-    fn start(&mut self, task: RequestId) -> bool {
-        if self.0.len() >= Self::LIMIT {
-            self.0.clear();
+    /// Follows one event; true when it starts an attempt of a task whose previous
+    /// attempt has not ended: a duplicate run.
+    fn is_duplicate(&mut self, event: &TaskEvent) -> bool {
+        match event.kind {
+            EventKind::Started => {
+                if self.0.len() >= Self::LIMIT {
+                    self.0.clear();
+                }
+                !self.0.insert(event.task)
+            }
+            EventKind::Succeeded
+            | EventKind::Failed
+            | EventKind::Canceled
+            | EventKind::Retrying
+            | EventKind::Released
+            | EventKind::LeaseLost
+            | EventKind::Fenced => {
+                self.0.remove(&event.task);
+                false
+            }
+            EventKind::Queued | EventKind::Rescued => false,
         }
-        self.0.insert(task)
     }
 
-    fn end(&mut self, task: RequestId) {
-        self.0.remove(&task);
-    }
-
+    /// Forgets every attempt (after missed events, which may have held their ends).
     fn clear(&mut self) {
         self.0.clear();
     }
@@ -413,34 +426,21 @@ pub fn follow_task_events(
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "metrics fell behind the task events");
                     metrics.events_missed.inc_by(missed);
-                    // Ends may be among the missed: start over rather than report
-                    // duplicates that are not.
+                    // Rather than report duplicates that are not.
                     running.clear();
                     continue;
                 }
             };
             metrics.record_event(&event);
             log_task_event(&event);
-            match event.kind {
-                EventKind::Started => {
-                    if !running.start(event.task) {
-                        metrics.duplicate_runs.inc();
-                        let span = task_span(&event);
-                        let _in_task = span.enter();
-                        tracing::error!(
-                            attempt = event.attempt,
-                            "an attempt started while this process was already running the task"
-                        );
-                    }
-                }
-                EventKind::Succeeded
-                | EventKind::Failed
-                | EventKind::Canceled
-                | EventKind::Retrying
-                | EventKind::Released
-                | EventKind::LeaseLost
-                | EventKind::Fenced => running.end(event.task),
-                EventKind::Queued | EventKind::Rescued => {}
+            if running.is_duplicate(&event) {
+                metrics.duplicate_runs.inc();
+                let span = task_span(&event);
+                let _in_task = span.enter();
+                tracing::error!(
+                    attempt = event.attempt,
+                    "an attempt started while this process was already running the task"
+                );
             }
         }
     })
@@ -496,5 +496,57 @@ fn log_task_event(event: &TaskEvent) {
             "a late outcome was refused: another worker had taken the task over"
         ),
         EventKind::LeaseLost | EventKind::Rescued => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qtask_core::{AccountId, ResourceId};
+
+    fn event(task: u64, kind: EventKind) -> TaskEvent {
+        TaskEvent {
+            seq: 0,
+            at: 0,
+            kind,
+            account: AccountId(1),
+            task: RequestId::new(task).unwrap(),
+            chain: None,
+            action: "StopInstances".into(),
+            resource: ResourceId::parse("ins", "ins-00000001").unwrap(),
+            attempt: 1,
+            error: None,
+            result: None,
+            next_attempt_at: None,
+            duration_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_second_start_before_an_end_is_a_duplicate_run() {
+        let mut running = Running::default();
+        let duplicates = |running: &mut Running, events: &[(u64, EventKind)]| {
+            events
+                .iter()
+                .filter(|(task, kind)| running.is_duplicate(&event(*task, *kind)))
+                .count()
+        };
+        use EventKind::*;
+        let sequential = [
+            (1, Queued),
+            (1, Started),
+            (2, Started),
+            (1, Retrying),
+            (1, Started),
+            (1, LeaseLost),
+            (1, Started),
+            (2, Succeeded),
+            (1, Fenced),
+            (1, Started),
+        ];
+        assert_eq!(duplicates(&mut running, &sequential), 0);
+        assert_eq!(duplicates(&mut running, &[(1, Started), (2, Started)]), 1);
+        running.clear();
+        assert_eq!(duplicates(&mut running, &[(1, Started)]), 0, "forgotten");
     }
 }
