@@ -156,10 +156,12 @@ impl ConnectionArgs {
             match (id, key) {
                 (Some(id), Some(key)) => return Ok((id, key)),
                 (None, None) => continue,
-                _ => return Err(CliError::usage(format!(
+                _ => {
+                    return Err(CliError::usage(format!(
                     "give both a SecretId and a SecretKey, or neither: {place} must come together"
                 ))
-                .into()),
+                    .into())
+                }
             }
         }
         let path = credentials::path(data_dir);

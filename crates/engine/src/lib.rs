@@ -244,7 +244,9 @@ impl Engine {
             self.store.record_nonce(nonce).await?;
             watch::Watch::open(Arc::clone(&self.store), &self.events, &call).await
         };
-        opened.await.map_err(|error| self.render.render(&Err(error)))
+        opened
+            .await
+            .map_err(|error| self.render.render(&Err(error)))
     }
 
     /// Records a query's nonce, then answers it (or gives the stored answer of a resent

@@ -44,7 +44,7 @@ pub async fn stream(
     let call = match auth::verify(&state, request, now_millis()).await {
         Ok(call) => call,
         Err(error) => {
-            tracing::info!(%peer, code = error.code.code(), message = %error.message, "refused");
+            tracing::info!(%peer, code = error.code.code(), reason = %error.message, "refused");
             return answer(error.to_body());
         }
     };

@@ -364,7 +364,10 @@ pub fn attach_callback(call: &Call, stored: &mut Map<String, Value>) -> Result<(
     let url = url::Url::parse(text)
         .map_err(|e| ArgError::new(CALLBACK_URL, format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ArgError::new(CALLBACK_URL, "must be an http:// or https:// URL"));
+        return Err(ArgError::new(
+            CALLBACK_URL,
+            "must be an http:// or https:// URL",
+        ));
     }
     stored.insert(CALLBACK_URL.into(), Value::String(text.to_owned()));
     stored.insert(

@@ -2,14 +2,14 @@
 //! the same status integers, and `DescribeTasks`.
 
 use super::{
-    attach_callback, idempotency_key, parse_request_id, ActionSpec, AnswerShape, BoxFuture, Handler, Plan,
-    QueryContext, QueryFn, Targets,
+    attach_callback, idempotency_key, parse_request_id, ActionSpec, AnswerShape, BoxFuture,
+    Handler, Plan, QueryContext, QueryFn, Targets,
 };
 use crate::args::{ArgError, Args};
+use crate::dispatch::Dispatcher;
 use crate::events::{EventKind, TaskEvent};
 use crate::{time, views, Answer, EngineError};
 use qtask_core::{RequestId, ResourceId, ResourceState, TaskState};
-use crate::dispatch::Dispatcher;
 use qtask_store::{CancelOutcome, GroupRecord, Page, PlannedTask, Target, TaskFilter, TaskRecord};
 use serde_json::{json, Map, Value};
 
@@ -20,7 +20,11 @@ pub fn actions() -> Vec<ActionSpec> {
         handler: Handler::Query(query),
     };
     vec![
-        query("DescribeTaskResult", &["requestId", "waitSeconds"], by_request_id),
+        query(
+            "DescribeTaskResult",
+            &["requestId", "waitSeconds"],
+            by_request_id,
+        ),
         // Legacy products' names for the same question, with the same status integers.
         query(
             "DescribeLoadBalancersTaskResult",
@@ -32,7 +36,11 @@ pub fn actions() -> Vec<ActionSpec> {
             &["requestId", "waitSeconds"],
             by_request_id,
         ),
-        query("DescribeVpcTaskResult", &["taskId", "waitSeconds"], by_task_id),
+        query(
+            "DescribeVpcTaskResult",
+            &["taskId", "waitSeconds"],
+            by_task_id,
+        ),
         query(
             "DescribeTasks",
             &[
