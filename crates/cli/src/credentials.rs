@@ -30,18 +30,23 @@ pub fn write(data_dir: &Path, secret_id: &str, secret_key: &str) -> anyhow::Resu
     Ok(path)
 }
 
+/// Creates `dir` (and its parents) readable by its owner only, if it does not exist.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
 /// Writes `text` to `path` through a temporary file renamed over it, mode 0600 (its
 /// directory is created, 0700, if missing).
 pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     if !dir.as_os_str().is_empty() && !dir.exists() {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        create_private_dir(dir)?;
     }
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{file_name}.tmp"));

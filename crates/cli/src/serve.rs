@@ -30,24 +30,14 @@ pub fn now_millis() -> i64 {
 
 /// Opens the data directory's store, creating the directory if needed.
 pub fn open_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
-    create_private_dir(data_dir)?;
+    credentials::create_private_dir(data_dir)?;
     let path = data_dir.join(DATABASE_FILE);
     SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("cannot create the data directory {}", dir.display()))
-}
-
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     crate::logging::set_format(config.log_format);
-    create_private_dir(&config.data_dir)?;
+    credentials::create_private_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(open_store(&config.data_dir)?);
     let data_dir = config.data_dir.display().to_string();
