@@ -3,7 +3,7 @@
 
 use crate::auth::{self, IncomingRequest};
 use crate::AppState;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
@@ -25,13 +25,26 @@ pub async fn get(
     handle(&state, HttpMethod::Get, peer, &headers, &uri, form).await
 }
 
+/// The largest POST body read. A larger one is refused with 4000 after reading at most
+/// this much (never the whole body).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
 pub async fn post(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            let error = ApiError::invalid_parameter(format!(
+                "the request body is larger than {MAX_BODY_BYTES} bytes (1 MiB)"
+            ));
+            return answer(error.to_body());
+        }
+    };
     handle(&state, HttpMethod::Post, peer, &headers, &uri, &body).await
 }
 

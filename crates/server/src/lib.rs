@@ -59,7 +59,13 @@ pub const EVENTS_PATH: &str = "/v2/events";
 /// The whole HTTP application.
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
-        .route(qtask_protocol::API_PATH, get(api::get).post(api::post))
+        .route(
+            qtask_protocol::API_PATH,
+            // The POST handler reads its body with its own limit (refused with 4000).
+            get(api::get)
+                .post(api::post)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route(EVENTS_PATH, get(events::stream))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))

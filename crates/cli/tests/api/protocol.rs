@@ -1327,3 +1327,35 @@ async fn a_request_refused_before_the_nonce_check_does_not_use_up_its_nonce() {
         "the nonce after refusals",
     );
 }
+
+#[tokio::test]
+async fn oversized_requests_are_refused_with_4000_naming_the_limit() {
+    let app = TestApp::spawn().await;
+    let client = app.client();
+    let huge = format!(
+        "Action=DescribeInstances&pad={}",
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let answer = client
+        .send_form(HttpMethod::Post, huge)
+        .await
+        .expect("HTTP 200 with an envelope, not 413");
+    assert_eq!(answer["code"], 4000, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 1048576 bytes"),
+        "{answer}"
+    );
+    let many: String = (0..1001).map(|i| format!("p{i}=1&")).collect();
+    let answer = client.send_form(HttpMethod::Post, many).await.unwrap();
+    assert_eq!(answer["code"], 4000, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("1001 parameters; at most 1000"),
+        "{answer}"
+    );
+}
