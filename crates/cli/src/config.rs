@@ -126,6 +126,13 @@ pub struct ServeArgs {
     /// [default: on].
     #[arg(long, env = "QTASK_METRICS", value_name = "SWITCH")]
     pub metrics: Option<Switch>,
+    /// Connections served at once; more are closed at once [default: 1024].
+    #[arg(long, env = "QTASK_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// How long a client may take to send a request's head, or its body; slower
+    /// clients are cut off [default: 10s].
+    #[arg(long, env = "QTASK_CLIENT_TIMEOUT", value_name = "DURATION")]
+    pub client_timeout: Option<String>,
 }
 
 /// An option that is `on` or `off`.
@@ -166,6 +173,7 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// Whether /metrics is served.
     pub metrics: bool,
+    pub http_limits: qtask_server::HttpLimits,
 }
 
 impl ServeConfig {
@@ -267,6 +275,19 @@ impl ServeConfig {
             },
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             metrics: args.metrics.or(file.metrics) != Some(Switch::Off),
+            http_limits: qtask_server::HttpLimits {
+                max_connections: match args.max_connections.or(file.max_connections) {
+                    Some(0) => bail!("max_connections must be at least 1"),
+                    Some(n) => n,
+                    None => qtask_server::HttpLimits::default().max_connections,
+                },
+                client_timeout: duration_or(
+                    "client_timeout",
+                    args.client_timeout,
+                    file.client_timeout,
+                    "10s",
+                )?,
+            },
         })
     }
 }

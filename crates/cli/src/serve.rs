@@ -148,7 +148,14 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(metrics) = metrics {
         app = metrics::instrument(app, metrics);
     }
-    let served = qtask_server::serve(app, listeners, http_stop, Duration::from_secs(1)).await;
+    let served = qtask_server::serve(
+        app,
+        listeners,
+        config.http_limits,
+        http_stop,
+        Duration::from_secs(1),
+    )
+    .await;
     draining.cancel();
     signals.abort();
     let _ = stopper.await;

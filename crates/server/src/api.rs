@@ -28,6 +28,9 @@ pub async fn get(
 /// The largest POST body read. A larger one is refused with 4000 after reading at most
 /// this much (never the whole body).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long a client may take to send a POST body (its head has its own limit,
+/// `HttpLimits::client_timeout`).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn post(
     State(state): State<Arc<AppState>>,
@@ -36,11 +39,22 @@ pub async fn post(
     uri: Uri,
     body: Body,
 ) -> Response {
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(_) => {
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    );
+    let body = match read.await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
             let error = ApiError::invalid_parameter(format!(
                 "the request body is larger than {MAX_BODY_BYTES} bytes (1 MiB)"
+            ));
+            return answer(error.to_body());
+        }
+        Err(_) => {
+            let error = ApiError::invalid_parameter(format!(
+                "the request body did not arrive within {}s",
+                BODY_READ_TIMEOUT.as_secs()
             ));
             return answer(error.to_body());
         }

@@ -12,12 +12,15 @@ pub mod api;
 pub mod auth;
 pub mod events;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod render;
 pub mod tls;
 
 use axum::routing::get;
 use axum::Router;
+pub use limits::HttpLimits;
+use limits::LimitAcceptor;
 use qtask_engine::Engine;
 use qtask_store::Store;
 use std::net::SocketAddr;
@@ -83,22 +86,31 @@ pub struct Listeners {
 pub async fn serve(
     app: Router,
     listeners: Listeners,
+    limits: HttpLimits,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
     let handle = axum_server::Handle::new();
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    // One pool of connection places for both listeners.
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let mut servers = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.http {
         listener.set_nonblocking(true)?;
-        let server = axum_server::from_tcp(listener).handle(handle.clone());
+        let mut server = axum_server::from_tcp(listener)
+            .handle(handle.clone())
+            .map(|inner| LimitAcceptor::new(inner, Arc::clone(&permits)));
+        limits.configure(server.http_builder());
         let service = service.clone();
         servers.spawn(async move { server.serve(service).await });
     }
     if let Some((listener, config)) = listeners.https {
         listener.set_nonblocking(true)?;
         let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
-        let server = axum_server::from_tcp_rustls(listener, config).handle(handle.clone());
+        let mut server = axum_server::from_tcp_rustls(listener, config)
+            .handle(handle.clone())
+            .map(|inner| LimitAcceptor::new(inner, Arc::clone(&permits)));
+        limits.configure(server.http_builder());
         let service = service.clone();
         servers.spawn(async move { server.serve(service).await });
     }

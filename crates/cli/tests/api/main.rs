@@ -6,6 +6,7 @@ mod cli;
 mod durability;
 mod engine;
 mod helpers;
+mod http_limits;
 mod lb;
 mod ops;
 mod protocol;
