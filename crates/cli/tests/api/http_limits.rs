@@ -89,3 +89,26 @@ async fn too_many_headers_are_refused_by_http() {
     let _ = stream.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_client_timeout() {
+    let app = TestApp::spawn_with(&["--sim-speed", "0", "--client-timeout", "1s"]).await;
+    let mut idle = TcpStream::connect(app.http).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut first = [0u8; 64];
+    let read = idle.read(&mut first).unwrap();
+    assert!(first[..read].starts_with(b"HTTP/1.1 200"), "answered first");
+    // Kept alive, then closed once it has been idle for the client timeout.
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)),
+        "still open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}
