@@ -6,6 +6,7 @@ use crate::logging::LogFormat;
 use anyhow::{bail, Context};
 use qtask_engine::catalog::file::PolicyFile;
 use qtask_engine::maintenance::RetentionSettings;
+use qtask_store::{AccountLimits, RequestRate};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -133,6 +134,17 @@ pub struct ServeArgs {
     /// clients are cut off [default: 10s].
     #[arg(long, env = "QTASK_CLIENT_TIMEOUT", value_name = "DURATION")]
     pub client_timeout: Option<String>,
+    /// Requests per second each SecretId may make, `N` or `N/BURST`, for keys without
+    /// their own rate; `0` = unlimited [default: 0].
+    #[arg(long, env = "QTASK_RATE_LIMIT", value_name = "RATE")]
+    pub rate_limit: Option<String>,
+    /// Unfinished (queued or running) tasks an account may have; 0 = unlimited
+    /// [default: 0].
+    #[arg(long, env = "QTASK_MAX_UNFINISHED_TASKS", value_name = "N")]
+    pub max_unfinished_tasks: Option<u64>,
+    /// Resources an account may have; 0 = unlimited [default: 0].
+    #[arg(long, env = "QTASK_MAX_RESOURCES", value_name = "N")]
+    pub max_resources: Option<u64>,
 }
 
 /// An option that is `on` or `off`.
@@ -174,6 +186,9 @@ pub struct ServeConfig {
     /// Whether /metrics is served.
     pub metrics: bool,
     pub http_limits: qtask_server::HttpLimits,
+    /// The request rate of keys without their own; `None` = unlimited.
+    pub rate_limit: Option<RequestRate>,
+    pub account_limits: AccountLimits,
 }
 
 impl ServeConfig {
@@ -247,7 +262,23 @@ impl ServeConfig {
             )?,
             ..RetentionSettings::default()
         };
+        let rate_limit = match args.rate_limit.or(file.rate_limit).as_deref() {
+            None | Some("0") => None,
+            Some(text) => Some(
+                text.parse::<RequestRate>()
+                    .map_err(|e| anyhow::anyhow!("rate_limit: {e}"))?,
+            ),
+        };
+        let account_limits = AccountLimits {
+            max_unfinished_tasks: args
+                .max_unfinished_tasks
+                .or(file.max_unfinished_tasks)
+                .unwrap_or(0),
+            max_resources: args.max_resources.or(file.max_resources).unwrap_or(0),
+        };
         Ok(Self {
+            rate_limit,
+            account_limits,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)

@@ -1,18 +1,94 @@
-//! `qtask keys create|list|disable|enable`: API key management on a data directory,
-//! also while a server runs on it (SQLite lets both processes write).
+//! `qtask keys create|list|disable|enable|block|unblock`: API key and account
+//! management on a data directory, also while a server runs on it (SQLite lets both
+//! processes write).
 
 use crate::credentials;
 use crate::serve::{now_millis, open_store};
 use anyhow::{bail, Context};
 use qtask_core::SecretId;
-use qtask_store::{NewApiKey, Store};
+use qtask_store::{KeyAccess, NewApiKey, RequestRate, Store};
 use std::path::Path;
 
 /// The account the first start creates.
 pub const DEFAULT_ACCOUNT: &str = "default";
 
-/// Creates a key pair for `account` (creating the account if needed).
+/// The restrictions `qtask keys create` can put on a key.
+#[derive(Debug, Default, clap::Args)]
+pub struct Restrictions {
+    /// Actions the key may call (comma-separated); others answer 4101.
+    #[arg(long, value_delimiter = ',', value_name = "ACTIONS")]
+    pub allow_actions: Option<Vec<String>>,
+    /// Resource IDs or patterns (`ins-*`) the key may operate on (comma-separated);
+    /// mutating calls naming others answer 4102.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    pub allow_resources: Option<Vec<String>>,
+    /// The key may call only actions that change nothing; others answer 4101.
+    #[arg(long)]
+    pub read_only: bool,
+    /// The key's own request rate, `N` or `N/BURST` per second (over it: 4400).
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<RequestRate>,
+}
+
+impl Restrictions {
+    fn access(self) -> anyhow::Result<KeyAccess> {
+        let list = |name: &str, list: Option<Vec<String>>| -> anyhow::Result<_> {
+            let Some(list) = list else { return Ok(None) };
+            let list: Vec<String> = list.into_iter().map(|s| s.trim().to_owned()).collect();
+            if list.is_empty() || list.iter().any(|item| item.is_empty()) {
+                bail!("--{name} needs a comma-separated list without empty items");
+            }
+            Ok(Some(list))
+        };
+        if let Some(pattern) = self
+            .allow_resources
+            .iter()
+            .flatten()
+            .find(|p| p.trim_end_matches('*').contains('*'))
+        {
+            bail!("--allow-resources: {pattern:?}: `*` may only end a pattern");
+        }
+        Ok(KeyAccess {
+            actions: list("allow-actions", self.allow_actions)?,
+            resources: list("allow-resources", self.allow_resources)?,
+            read_only: self.read_only,
+            rate: self.rate,
+        })
+    }
+}
+
+/// What `qtask keys list` shows of a key's restrictions.
+fn describe(access: &KeyAccess) -> String {
+    let mut parts = Vec::new();
+    if access.read_only {
+        parts.push("read-only".to_owned());
+    }
+    if let Some(actions) = &access.actions {
+        parts.push(format!("actions={}", actions.join(",")));
+    }
+    if let Some(resources) = &access.resources {
+        parts.push(format!("resources={}", resources.join(",")));
+    }
+    if let Some(rate) = access.rate {
+        parts.push(format!("rate={}/{}", rate.per_second, rate.burst));
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Creates an unrestricted key pair for `account` (creating the account if needed).
 pub async fn create(store: &dyn Store, account: &str) -> anyhow::Result<(String, String)> {
+    create_restricted(store, account, KeyAccess::default()).await
+}
+
+async fn create_restricted(
+    store: &dyn Store,
+    account: &str,
+    access: KeyAccess,
+) -> anyhow::Result<(String, String)> {
     let account = match store.account_by_name(account).await? {
         Some(id) => id,
         None => store.create_account(account, now_millis()).await?,
@@ -24,6 +100,7 @@ pub async fn create(store: &dyn Store, account: &str) -> anyhow::Result<(String,
                 secret_id: secret_id.parse().context("generated SecretId")?,
                 secret_key: secret_key.clone(),
                 account,
+                access,
             },
             now_millis(),
         )
@@ -31,12 +108,17 @@ pub async fn create(store: &dyn Store, account: &str) -> anyhow::Result<(String,
     Ok((secret_id, secret_key))
 }
 
-pub async fn run_create(data_dir: &Path, account: &str) -> anyhow::Result<()> {
+pub async fn run_create(
+    data_dir: &Path,
+    account: &str,
+    restrictions: Restrictions,
+) -> anyhow::Result<()> {
     if account.is_empty() || account.len() > 64 {
         bail!("--account must be 1 to 64 characters");
     }
+    let access = restrictions.access()?;
     let store = open_store(data_dir)?;
-    let (secret_id, secret_key) = create(&store, account).await?;
+    let (secret_id, secret_key) = create_restricted(&store, account, access).await?;
     println!("Created an API key for account {account:?} (the SecretKey is shown only now):");
     println!("  SecretId:  {secret_id}");
     println!("  SecretKey: {secret_key}");
@@ -47,16 +129,23 @@ pub async fn run_list(data_dir: &Path) -> anyhow::Result<()> {
     let store = open_store(data_dir)?;
     let keys = store.keys().await?;
     println!(
-        "{:<38} {:<20} {:<9} CREATED (UTC)",
-        "SECRET ID", "ACCOUNT", "STATE"
+        "{:<38} {:<20} {:<9} {:<5} {:<24} RESTRICTIONS",
+        "SECRET ID", "ACCOUNT", "STATE", "MAIN", "CREATED (UTC)"
     );
     for key in keys {
+        let state = match (key.account_blocked, key.enabled) {
+            (true, _) => "blocked",
+            (false, true) => "enabled",
+            (false, false) => "disabled",
+        };
         println!(
-            "{:<38} {:<20} {:<9} {}",
+            "{:<38} {:<20} {:<9} {:<5} {:<24} {}",
             key.secret_id,
             key.account_name,
-            if key.enabled { "enabled" } else { "disabled" },
-            qtask_engine::time::format(key.created_at)
+            state,
+            if key.main { "yes" } else { "no" },
+            qtask_engine::time::format(key.created_at),
+            describe(&key.access)
         );
     }
     Ok(())
@@ -77,6 +166,19 @@ pub async fn run_set_enabled(
     println!(
         "{} {secret_id}",
         if enabled { "Enabled" } else { "Disabled" }
+    );
+    Ok(())
+}
+
+/// `qtask keys block|unblock ACCOUNT`: every key of a blocked account answers 4300.
+pub async fn run_set_blocked(data_dir: &Path, account: &str, blocked: bool) -> anyhow::Result<()> {
+    let store = open_store(data_dir)?;
+    if !store.set_account_blocked(account, blocked).await? {
+        bail!("there is no account {account:?} in {}", data_dir.display());
+    }
+    println!(
+        "{} account {account:?}",
+        if blocked { "Blocked" } else { "Unblocked" }
     );
     Ok(())
 }

@@ -121,10 +121,15 @@ enum CatalogCommand {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a key pair (and the account if it is new).
-    #[command(after_help = "Example:\n  qtask keys create --account team-a")]
+    /// The account's first key is its main key (DescribeAuditLog is reserved to it).
+    #[command(
+        after_help = "Examples:\n  qtask keys create --account team-a\n  qtask keys create --account team-a --allow-actions DescribeInstances,StartInstances --allow-resources 'ins-*' --rate 5/10\n  qtask keys create --account team-a --read-only"
+    )]
     Create {
         #[arg(long, default_value = keys::DEFAULT_ACCOUNT)]
         account: String,
+        #[command(flatten)]
+        restrictions: keys::Restrictions,
     },
     /// List keys (without their secrets).
     #[command(after_help = "Example:\n  qtask keys list --data-dir /var/lib/qtask")]
@@ -135,6 +140,12 @@ enum KeysCommand {
     /// Enable a disabled key again.
     #[command(after_help = "Example:\n  qtask keys enable AKIDxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")]
     Enable { secret_id: String },
+    /// Block an account: every request with any of its keys answers 4300.
+    #[command(after_help = "Example:\n  qtask keys block team-a")]
+    Block { account: String },
+    /// Unblock a blocked account.
+    #[command(after_help = "Example:\n  qtask keys unblock team-a")]
+    Unblock { account: String },
 }
 
 /// Parses the command line; `qtask call`'s `--NAME VALUE` parameters are split off
@@ -171,9 +182,12 @@ fn main() -> ExitCode {
                 .await
                 .map(done),
             Command::Keys { command, data_dir } => match command {
-                KeysCommand::Create { account } => {
-                    keys::run_create(&data_dir, &account).await.map(done)
-                }
+                KeysCommand::Create {
+                    account,
+                    restrictions,
+                } => keys::run_create(&data_dir, &account, restrictions)
+                    .await
+                    .map(done),
                 KeysCommand::List => keys::run_list(&data_dir).await.map(done),
                 KeysCommand::Disable { secret_id } => {
                     keys::run_set_enabled(&data_dir, &secret_id, false)
@@ -182,6 +196,14 @@ fn main() -> ExitCode {
                 }
                 KeysCommand::Enable { secret_id } => {
                     keys::run_set_enabled(&data_dir, &secret_id, true)
+                        .await
+                        .map(done)
+                }
+                KeysCommand::Block { account } => keys::run_set_blocked(&data_dir, &account, true)
+                    .await
+                    .map(done),
+                KeysCommand::Unblock { account } => {
+                    keys::run_set_blocked(&data_dir, &account, false)
                         .await
                         .map(done)
                 }

@@ -104,7 +104,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             dispatcher,
             Arc::new(ProtocolRender),
         )
-        .with_events(events),
+        .with_events(events)
+        .with_quotas(config.rate_limit, config.account_limits),
     );
     let state = Arc::new(AppState {
         store,

@@ -16,6 +16,7 @@ pub mod events;
 pub mod executor;
 pub mod maintenance;
 pub mod policy;
+pub mod quota;
 pub mod time;
 pub mod views;
 pub mod watch;
@@ -27,7 +28,10 @@ use events::{EventBus, EventKind, TaskEvent};
 use qtask_core::{
     AccountId, Nonce, Region, Rejection, RequestId, ResourceId, SecretId, UnixMillis,
 };
-use qtask_store::{NonceClaim, NonceOutcome, Runnable, Store, StoreError, Submission, Submitted};
+use qtask_store::{
+    AccountLimits, KeyAccess, NonceClaim, NonceOutcome, RequestRate, Runnable, Store, StoreError,
+    Submission, Submitted, Target,
+};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -45,7 +49,18 @@ pub struct Call {
     /// The action's own parameters (common ones removed), unflattened.
     pub params: Map<String, Value>,
     pub now: UnixMillis,
+    /// What the calling key may do.
+    pub access: KeyAccess,
+    /// Whether the calling key is its account's main key.
+    pub main_key: bool,
 }
+
+/// Actions only an account's main key may call (the first key created for it): the
+/// account-wide audit trail.
+pub const MAIN_KEY_ONLY: &[&str] = &["DescribeAuditLog"];
+
+/// Actions that answer at once yet change something: refused to read-only keys.
+const CHANGING_QUERIES: &[&str] = &["CancelTask"];
 
 /// A successful answer, before rendering.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +127,24 @@ pub enum EngineError {
     NonceReused,
     #[error("clientToken {0:?} was already used with a different action or parameters")]
     TokenReused(String),
+    /// The key may not call this action (it is not among the key's allowed actions).
+    #[error("this key may not call {action}; it may call {}", allowed.join(", "))]
+    ActionNotAllowed {
+        action: String,
+        allowed: Vec<String>,
+    },
+    #[error("this key is read-only; {0} changes resources")]
+    ReadOnlyKey(String),
+    /// Resources the key may not operate on, in request order.
+    #[error("this key may not operate on {}", .0.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "))]
+    ResourcesNotAllowed(Vec<ResourceId>),
+    #[error("{0} is reserved to the account's main key")]
+    MainKeyOnly(String),
+    #[error("request rate limit exceeded: this SecretId may make {0} requests")]
+    RateExceeded(RequestRate),
+    /// An account limit the request would exceed.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// A failure of qtask itself; the details go to the log, not to the caller.
     #[error("internal error")]
     Internal(String),
@@ -122,6 +155,7 @@ impl From<StoreError> for EngineError {
         match e {
             StoreError::NonceReused { .. } => Self::NonceReused,
             StoreError::TokenReused { token } => Self::TokenReused(token),
+            limit @ StoreError::LimitExceeded { .. } => Self::LimitExceeded(limit.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -142,6 +176,8 @@ pub struct Engine {
     dispatcher: Dispatcher,
     render: Arc<dyn Render>,
     events: EventBus,
+    rate_limiter: quota::RateLimiter,
+    limits: AccountLimits,
 }
 
 impl Engine {
@@ -157,7 +193,17 @@ impl Engine {
             dispatcher,
             render,
             events: EventBus::default(),
+            rate_limiter: quota::RateLimiter::default(),
+            limits: AccountLimits::default(),
         }
+    }
+
+    /// Sets the request rate of keys without their own (`None` = unlimited) and the
+    /// per-account limits every submission is checked against.
+    pub fn with_quotas(mut self, default_rate: Option<RequestRate>, limits: AccountLimits) -> Self {
+        self.rate_limiter = quota::RateLimiter::new(default_rate);
+        self.limits = limits;
+        self
     }
 
     /// Publishes submissions and cancellations on `events` (the workers publish the
@@ -193,11 +239,56 @@ impl Engine {
         }
     }
 
+    /// The checks that need only the key and the action's name: rate, main key, the
+    /// key's allowed actions. They come before the action's lookup, so a restricted key
+    /// learns nothing about actions it may not call.
+    fn admit(&self, call: &Call) -> Result<(), EngineError> {
+        self.rate_limiter
+            .admit(&call.secret_id, call.access.rate, std::time::Instant::now())
+            .map_err(EngineError::RateExceeded)?;
+        if !call.main_key && MAIN_KEY_ONLY.contains(&call.action.as_str()) {
+            return Err(EngineError::MainKeyOnly(call.action.clone()));
+        }
+        if !call.access.allows_action(&call.action) {
+            return Err(EngineError::ActionNotAllowed {
+                action: call.action.clone(),
+                allowed: call.access.actions.clone().unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a plan naming existing resources the key may not operate on. Resources
+    /// a call creates are not restricted (their IDs are drawn by qtask).
+    fn check_resources(call: &Call, plan: &Plan) -> Result<(), EngineError> {
+        let refused: Vec<ResourceId> = plan
+            .tasks
+            .iter()
+            .filter_map(|task| match &task.target {
+                Target::Existing { id, .. } if !call.access.allows_resource(id.as_str()) => {
+                    Some(id.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::ResourcesNotAllowed(refused))
+        }
+    }
+
     async fn try_call(&self, call: Call) -> Result<Reply, EngineError> {
+        self.admit(&call)?;
         let action = self
             .catalog
             .get(&call.action)
             .ok_or_else(|| EngineError::UnknownAction(call.action.clone()))?;
+        if call.access.read_only
+            && (action.is_mutating() || CHANGING_QUERIES.contains(&action.name))
+        {
+            return Err(EngineError::ReadOnlyKey(call.action.clone()));
+        }
         let nonce = NonceClaim {
             secret_id: call.secret_id.clone(),
             nonce: call.nonce,
@@ -222,6 +313,7 @@ impl Engine {
             Handler::Mutate(operation) => operation.plan(&call, self.store.as_ref()).await?,
             Handler::Replan(replan) => replan(ctx).await?,
         };
+        Self::check_resources(&call, &plan)?;
         self.submit(&call, nonce, plan).await
     }
 
@@ -235,6 +327,7 @@ impl Engine {
                     format!("must be {} on the event stream", watch::WATCH_ACTION),
                 )));
             }
+            self.admit(&call)?;
             let nonce = NonceClaim {
                 secret_id: call.secret_id.clone(),
                 nonce: call.nonce,
@@ -284,6 +377,7 @@ impl Engine {
                 tasks: plan.tasks.clone(),
                 now: call.now,
                 answer: Box::new(move |report| render.render(&shape.answer(report))),
+                limits: self.limits,
             };
             attempt += 1;
             match self.store.submit(submission).await {

@@ -116,6 +116,14 @@ pub async fn verify(
         ));
     }
 
+    // Only a caller who proved the key learns that its account is blocked.
+    if key.account_blocked {
+        return Err(ApiError::new(
+            ErrorCode::AccessDenied,
+            format!("account {} is blocked", key.account_name),
+        ));
+    }
+
     let window = state.auth.timestamp_window.as_secs() as i64;
     let server_seconds = now.div_euclid(1000);
     let skew = server_seconds.abs_diff(timestamp);
@@ -147,6 +155,8 @@ pub async fn verify(
         region,
         params: action_params,
         now,
+        access: key.access,
+        main_key: key.main,
     })
 }
 

@@ -48,6 +48,16 @@ pub fn api_error(error: &EngineError) -> ApiError {
         EngineError::Refused(refusal) => refusal_error(refusal),
         EngineError::NonceReused => ApiError::new(ErrorCode::NonceReplayed, error.to_string()),
         EngineError::TokenReused(_) => ApiError::invalid_parameter(format!("parameter {error}")),
+        EngineError::ActionNotAllowed { .. } | EngineError::ReadOnlyKey(_) => {
+            ApiError::new(ErrorCode::UnauthorizedAction, error.to_string())
+        }
+        EngineError::ResourcesNotAllowed(_) => {
+            ApiError::new(ErrorCode::UnauthorizedResource, error.to_string())
+        }
+        EngineError::MainKeyOnly(_) => ApiError::new(ErrorCode::MainAccountOnly, error.to_string()),
+        EngineError::RateExceeded(_) | EngineError::LimitExceeded(_) => {
+            ApiError::new(ErrorCode::LimitExceeded, error.to_string())
+        }
         EngineError::Internal(_) => ApiError::new(
             ErrorCode::InternalError,
             "internal error; the server log has details",

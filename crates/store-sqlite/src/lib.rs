@@ -247,6 +247,13 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn set_account_blocked(&self, name: &str, blocked: bool) -> StoreResult<bool> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |c, _| writes::set_account_blocked(c, &name, blocked))
+            .await
+    }
+
     async fn keys(&self) -> StoreResult<Vec<ApiKey>> {
         self.read(reads::keys).await
     }

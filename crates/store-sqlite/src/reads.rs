@@ -155,14 +155,31 @@ pub fn queue_summary(conn: &Connection, now: UnixMillis) -> StoreResult<QueueSum
 
 pub fn api_key(conn: &Connection, secret_id: &SecretId) -> StoreResult<Option<ApiKey>> {
     conn.prepare_cached(
-        "SELECT k.secret_id, k.secret_key, k.account_id, a.name, k.enabled, k.created_at
-         FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.secret_id = ?1",
+        &format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.secret_id = ?1"),
     )
     .and_then(|mut s| s.query_row([secret_id.as_str()], key_from_row).optional())
     .map_err(backend)
 }
 
+const KEY_COLUMNS: &str = "k.secret_id, k.secret_key, k.account_id, a.name, k.enabled, k.created_at, \
+     k.allowed_actions, k.allowed_resources, k.read_only, k.rate_per_second, k.rate_burst, k.is_main, a.blocked";
+
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    let list = |index: usize| -> rusqlite::Result<Option<Vec<String>>> {
+        row.get::<_, Option<String>>(index)?
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|e| bad_column(index, format!("bad JSON list {text}: {e}")))
+            })
+            .transpose()
+    };
+    let rate = match (
+        row.get::<_, Option<u32>>(9)?,
+        row.get::<_, Option<u32>>(10)?,
+    ) {
+        (Some(per_second), Some(burst)) => Some(RequestRate { per_second, burst }),
+        _ => None,
+    };
     let secret_id: String = row.get(0)?;
     Ok(ApiKey {
         secret_id: secret_id
@@ -173,14 +190,21 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
         account_name: row.get(3)?,
         enabled: row.get(4)?,
         created_at: row.get(5)?,
+        access: KeyAccess {
+            actions: list(6)?,
+            resources: list(7)?,
+            read_only: row.get(8)?,
+            rate,
+        },
+        main: row.get(11)?,
+        account_blocked: row.get(12)?,
     })
 }
 
 pub fn keys(conn: &Connection) -> StoreResult<Vec<ApiKey>> {
     let mut stmt = conn
         .prepare(
-            "SELECT k.secret_id, k.secret_key, k.account_id, a.name, k.enabled, k.created_at
-             FROM api_keys k JOIN accounts a ON a.id = k.account_id ORDER BY k.created_at, k.secret_id",
+            &format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id ORDER BY k.created_at, k.secret_id"),
         )
         .map_err(backend)?;
     let keys = stmt

@@ -117,6 +117,27 @@ const MIGRATIONS: &[&str] = &[
 
     CREATE INDEX client_tokens_by_age ON client_tokens (created_at);
     "#,
+    // 3: key permissions and rates, blocked accounts, per-account limits.
+    r#"
+    -- JSON arrays; NULL = unrestricted.
+    ALTER TABLE api_keys ADD COLUMN allowed_actions TEXT;
+    ALTER TABLE api_keys ADD COLUMN allowed_resources TEXT;
+    ALTER TABLE api_keys ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;
+    -- NULL = the server's default rate.
+    ALTER TABLE api_keys ADD COLUMN rate_per_second INTEGER;
+    ALTER TABLE api_keys ADD COLUMN rate_burst INTEGER;
+    -- The first key of each account is its main key.
+    ALTER TABLE api_keys ADD COLUMN is_main INTEGER NOT NULL DEFAULT 0;
+    UPDATE api_keys SET is_main = 1 WHERE secret_id IN (
+        SELECT (SELECT k.secret_id FROM api_keys k WHERE k.account_id = a.id
+                ORDER BY k.created_at, k.secret_id LIMIT 1)
+        FROM accounts a
+    );
+    ALTER TABLE accounts ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0;
+    -- The per-account count of unfinished tasks a submission checks its limit with.
+    CREATE INDEX tasks_unfinished_by_account ON tasks (account_id)
+        WHERE state IN ('QUEUED', 'RUNNING');
+    "#,
 ];
 
 /// The schema version this binary writes.

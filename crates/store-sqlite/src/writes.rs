@@ -71,6 +71,7 @@ pub fn submit(
         tasks,
         now,
         answer,
+        limits,
     } = submission;
 
     if let Some(resent) = insert_nonce(conn, &nonce)? {
@@ -118,6 +119,12 @@ pub fn submit(
             }),
         ));
     }
+    let accepted: Vec<bool> = outcomes.iter().map(|(_, o)| o.is_ok()).collect();
+    let created = tasks
+        .iter()
+        .zip(&accepted)
+        .any(|(planned, ok)| *ok && matches!(planned.target, Target::Create(_)));
+    check_limits(conn, account, limits, accepted.contains(&true), created)?;
     let report = SubmitReport {
         group: group.filter(|_| outcomes.iter().any(|(_, o)| o.is_ok())),
         outcomes,
@@ -987,11 +994,78 @@ pub fn create_account(conn: &Connection, name: &str, now: UnixMillis) -> StoreRe
 }
 
 pub fn create_key(conn: &Connection, key: &NewApiKey, now: UnixMillis) -> StoreResult<()> {
+    let access = &key.access;
+    let list = |list: &Option<Vec<String>>| list.as_ref().map(|l| json!(l).to_string());
     conn.execute(
-        "INSERT INTO api_keys (secret_id, account_id, secret_key, enabled, created_at) VALUES (?1, ?2, ?3, 1, ?4)",
-        params![key.secret_id.as_str(), key.account.0, key.secret_key, now],
+        "INSERT INTO api_keys (secret_id, account_id, secret_key, enabled, created_at,
+             allowed_actions, allowed_resources, read_only, rate_per_second, rate_burst, is_main)
+         VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9,
+             NOT EXISTS (SELECT 1 FROM api_keys WHERE account_id = ?2))",
+        params![
+            key.secret_id.as_str(),
+            key.account.0,
+            key.secret_key,
+            now,
+            list(&access.actions),
+            list(&access.resources),
+            access.read_only,
+            access.rate.map(|r| r.per_second),
+            access.rate.map(|r| r.burst),
+        ],
     )
     .map_err(backend)?;
+    Ok(())
+}
+
+pub fn set_account_blocked(conn: &Connection, name: &str, blocked: bool) -> StoreResult<bool> {
+    let changed = conn
+        .execute(
+            "UPDATE accounts SET blocked = ?2 WHERE name = ?1",
+            params![name, blocked],
+        )
+        .map_err(backend)?;
+    Ok(changed == 1)
+}
+
+/// Refuses (the caller rolls back) a submission that took the account over a limit.
+fn check_limits(
+    conn: &Connection,
+    account: AccountId,
+    limits: AccountLimits,
+    added_tasks: bool,
+    added_resources: bool,
+) -> StoreResult<()> {
+    let checks = [
+        (
+            added_tasks,
+            limits.max_unfinished_tasks,
+            "unfinished tasks",
+            "SELECT COUNT(*) FROM tasks WHERE account_id = ?1 AND state IN ('QUEUED', 'RUNNING')",
+        ),
+        (
+            added_resources,
+            limits.max_resources,
+            "resources",
+            "SELECT COUNT(*) FROM resources WHERE account_id = ?1",
+        ),
+    ];
+    for (added, limit, what, count_sql) in checks {
+        if !added || limit == 0 {
+            continue;
+        }
+        let count: i64 = conn
+            .prepare_cached(count_sql)
+            .and_then(|mut s| s.query_row([account.0], |r| r.get(0)))
+            .map_err(backend)?;
+        let count = count as u64;
+        if count > limit {
+            return Err(StoreError::LimitExceeded {
+                what,
+                limit,
+                would_be: count,
+            });
+        }
+    }
     Ok(())
 }
 

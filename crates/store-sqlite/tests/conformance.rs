@@ -41,6 +41,8 @@ macro_rules! on_a_shared_store {
 }
 
 on_a_fresh_store! {
+    keys_keep_their_access_and_accounts_can_be_blocked,
+    submit_refuses_what_would_exceed_the_account_limits,
     submit_commits_queued_tasks_and_marks_resources_busy,
     submit_refuses_missing_foreign_and_other_region_resources,
     submit_refuses_busy_resources_naming_the_unfinished_task,
@@ -95,6 +97,7 @@ on_a_fresh_store! {
 }
 
 on_a_shared_store! {
+    concurrent_submits_stay_within_the_unfinished_task_limit,
     concurrent_submits_all_commit_with_distinct_ids,
     a_failing_submit_does_not_disturb_concurrent_ones,
     concurrent_submits_on_one_resource_accept_exactly_one,

@@ -128,6 +128,7 @@ fn submission(
         tasks,
         now,
         answer,
+        limits: AccountLimits::default(),
     };
     (submission, probe)
 }
@@ -2080,6 +2081,7 @@ where
         secret_id: "AKIDreopen".parse().expect("a SecretId"),
         secret_key: "s3cret".into(),
         account: a,
+        access: KeyAccess::default(),
     };
     store.create_key(key.clone(), T0).await.expect("create_key");
     let mut used = BTreeSet::new();
@@ -4991,6 +4993,7 @@ pub async fn accounts_and_keys(store: &dyn Store) {
                     secret_id: secret_id.clone(),
                     secret_key: secret_key.into(),
                     account,
+                    access: KeyAccess::default(),
                 },
                 now,
             )
@@ -5004,6 +5007,9 @@ pub async fn accounts_and_keys(store: &dyn Store) {
         account_name: "main".into(),
         enabled: true,
         created_at: T0 + 10,
+        access: KeyAccess::default(),
+        main: true,
+        account_blocked: false,
     };
     let mut key2 = ApiKey {
         secret_id: k2.clone(),
@@ -5012,6 +5018,9 @@ pub async fn accounts_and_keys(store: &dyn Store) {
         account_name: "other".into(),
         enabled: true,
         created_at: T0 + 20,
+        access: KeyAccess::default(),
+        main: true,
+        account_blocked: false,
     };
     let key = |s: SecretId| async move { store.api_key(&s).await.expect("api_key") };
     assert_eq!(key(k1.clone()).await, Some(key1.clone()));
@@ -5045,4 +5054,166 @@ pub async fn accounts_and_keys(store: &dyn Store) {
     let mut keys = store.keys().await.expect("keys");
     keys.sort_by(|x, y| x.secret_id.cmp(&y.secret_id));
     assert_eq!(keys, vec![key1, key2]);
+}
+
+// ---------------------------------------------------------------------------------
+// Key access, blocked accounts and account limits (issue #8)
+
+/// A key keeps the access it was created with; the first key of each account is its
+/// main key; blocking an account shows on every key of it, and only on those.
+pub async fn keys_keep_their_access_and_accounts_can_be_blocked(store: &dyn Store) {
+    let (a, b) = (account(store, "a").await, account(store, "b").await);
+    let id = |s: &str| -> SecretId { s.parse().expect("a SecretId") };
+    let restricted = KeyAccess {
+        actions: Some(vec!["DescribeInstances".into(), "StopInstances".into()]),
+        resources: Some(vec!["ins-*".into(), "lb-00000001".into()]),
+        read_only: true,
+        rate: Some(RequestRate {
+            per_second: 3,
+            burst: 6,
+        }),
+    };
+    for (secret_id, account, access, now) in [
+        ("AKIDfirstofa", a, KeyAccess::default(), T0),
+        ("AKIDsecondofa", a, restricted.clone(), T0 + 1),
+        ("AKIDfirstofb", b, KeyAccess::default(), T0 + 2),
+    ] {
+        let key = NewApiKey {
+            secret_id: id(secret_id),
+            secret_key: "k".into(),
+            account,
+            access,
+        };
+        store.create_key(key, now).await.expect("create_key");
+    }
+    let key = |s: &str| {
+        let s = id(s);
+        async move { store.api_key(&s).await.expect("api_key").expect("the key") }
+    };
+    let (first, second, other) = (
+        key("AKIDfirstofa").await,
+        key("AKIDsecondofa").await,
+        key("AKIDfirstofb").await,
+    );
+    assert_eq!(first.access, KeyAccess::default());
+    assert_eq!(second.access, restricted);
+    assert_eq!(
+        (first.main, second.main, other.main),
+        (true, false, true),
+        "the first key of each account is its main key"
+    );
+    assert!(![&first, &second, &other].iter().any(|k| k.account_blocked));
+
+    assert!(store.set_account_blocked("a", true).await.expect("block"));
+    assert!(key("AKIDfirstofa").await.account_blocked);
+    assert!(key("AKIDsecondofa").await.account_blocked);
+    assert!(!key("AKIDfirstofb").await.account_blocked, "only account a");
+    let listed = store.keys().await.expect("keys");
+    assert_eq!(listed.iter().filter(|k| k.account_blocked).count(), 2);
+    assert!(!store
+        .set_account_blocked("nobody", true)
+        .await
+        .expect("block"));
+    assert!(store
+        .set_account_blocked("a", false)
+        .await
+        .expect("unblock"));
+    assert!(!key("AKIDfirstofa").await.account_blocked);
+}
+
+fn is_limit(result: &StoreResult<Submitted>, what: &str, limit: u64, would_be: u64) -> bool {
+    matches!(result, Err(StoreError::LimitExceeded { what: w, limit: l, would_be: n })
+        if *w == what && *l == limit && *n == would_be)
+}
+
+/// A submission that would take its account over a limit commits nothing; other
+/// accounts' tasks and resources do not count.
+pub async fn submit_refuses_what_would_exceed_the_account_limits(store: &dyn Store) {
+    let (a, b) = (account(store, "a").await, account(store, "b").await);
+    for n in 1..=3 {
+        instance(store, a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    instance(store, b, gz(), &ins(9), "RUNNING", json!({}), T0).await;
+    start_task(store, b, &ins(9), "StopInstances", stop_effect(), T0).await;
+    let tasks_before = task_count(store, a).await;
+    let limits = AccountLimits {
+        max_unfinished_tasks: 2,
+        max_resources: 4,
+    };
+    let stop = |ids: &[u32]| {
+        let tasks = ids
+            .iter()
+            .map(|n| existing(&ins(*n), &[], stop_effect()))
+            .collect();
+        let (mut sub, _) = submission(a, gz(), "StopInstances", true, tasks, T0 + 1);
+        sub.limits = limits;
+        sub
+    };
+    let over = store.submit(stop(&[1, 2, 3])).await;
+    assert!(is_limit(&over, "unfinished tasks", 2, 3), "{over:?}");
+    assert_eq!(
+        task_count(store, a).await,
+        tasks_before,
+        "nothing committed"
+    );
+    assert_eq!(must_resource(store, a, &ins(1)).await.active_task, None);
+
+    submit_new(store, stop(&[1, 2])).await;
+    let third = store.submit(stop(&[3])).await;
+    assert!(is_limit(&third, "unfinished tasks", 2, 3), "{third:?}");
+
+    let create = |n: u32| {
+        let new = new_resource(&ins(n), KIND, "PENDING", json!({}));
+        let (mut sub, _) = submission(
+            a,
+            gz(),
+            "RunInstances",
+            false,
+            vec![creating(new, Effect::default())],
+            T0 + 2,
+        );
+        sub.limits = AccountLimits {
+            max_unfinished_tasks: 0,
+            ..limits
+        };
+        sub
+    };
+    submit_new(store, create(4)).await;
+    let fifth = store.submit(create(5)).await;
+    assert!(is_limit(&fifth, "resources", 4, 5), "{fifth:?}");
+    assert!(resource(store, a, &ins(5)).await.is_none(), "not created");
+}
+
+/// Concurrent submissions cannot pass a limit together: the count is taken inside
+/// each one's transaction.
+pub async fn concurrent_submits_stay_within_the_unfinished_task_limit(store: Arc<dyn Store>) {
+    let a = account(store.as_ref(), "a").await;
+    for n in 1..=8 {
+        instance(store.as_ref(), a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    let submits = (1..=8).map(|n| {
+        let store = Arc::clone(&store);
+        let (mut sub, _) = submission(
+            a,
+            gz(),
+            "StopInstances",
+            false,
+            vec![existing(&ins(n), &[], stop_effect())],
+            T0 + 1,
+        );
+        sub.limits = AccountLimits {
+            max_unfinished_tasks: 3,
+            max_resources: 0,
+        };
+        tokio::spawn(async move { store.submit(sub).await })
+    });
+    let mut accepted = 0;
+    for handle in submits.collect::<Vec<_>>() {
+        match handle.await.expect("the submit task") {
+            Ok(Submitted::New { .. }) => accepted += 1,
+            Err(StoreError::LimitExceeded { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted, 3, "exactly the limit");
 }

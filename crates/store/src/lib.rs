@@ -35,6 +35,14 @@ pub enum StoreError {
     /// A record that must exist does not (an account named by an admin command).
     #[error("{0} not found")]
     NotFound(String),
+    /// A submission would take the account over one of its [`AccountLimits`]; it was
+    /// rolled back.
+    #[error("the account may have at most {limit} {what}; this request would make {would_be}")]
+    LimitExceeded {
+        what: &'static str,
+        limit: u64,
+        would_be: u64,
+    },
     /// The backend failed (I/O, corruption, a bug): the operation did not happen.
     #[error("storage failure: {0}")]
     Backend(String),
@@ -149,6 +157,8 @@ pub trait Store: Send + Sync + 'static {
     /// Enables or disables a key; false when there is no such key.
     async fn set_key_enabled(&self, secret_id: &SecretId, enabled: bool) -> StoreResult<bool>;
     async fn keys(&self) -> StoreResult<Vec<ApiKey>>;
+    /// Blocks or unblocks an account by name; false when there is no such account.
+    async fn set_account_blocked(&self, name: &str, blocked: bool) -> StoreResult<bool>;
 }
 
 /// A request's nonce, kept until its timestamp leaves the validity window.
@@ -195,6 +205,8 @@ pub struct Submission {
     pub tasks: Vec<PlannedTask>,
     pub now: UnixMillis,
     pub answer: AnswerFn,
+    /// Checked inside the transaction, so concurrent submissions cannot pass together.
+    pub limits: AccountLimits,
 }
 
 /// One task of a submission.

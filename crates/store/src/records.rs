@@ -14,6 +14,12 @@ pub struct ApiKey {
     pub account_name: String,
     pub enabled: bool,
     pub created_at: UnixMillis,
+    pub access: KeyAccess,
+    /// The account's main key: the first key created for it. Some actions are
+    /// reserved to it.
+    pub main: bool,
+    /// The key's account is blocked: every call with any of its keys is refused.
+    pub account_blocked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -21,6 +27,95 @@ pub struct NewApiKey {
     pub secret_id: SecretId,
     pub secret_key: String,
     pub account: AccountId,
+    pub access: KeyAccess,
+}
+
+/// What a key may do. The default restricts nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyAccess {
+    /// The actions the key may call; `None` = every action.
+    pub actions: Option<Vec<String>>,
+    /// Resource IDs or patterns (`ins-*`: a trailing `*` matches any rest) the key may
+    /// operate on; `None` = every resource.
+    pub resources: Option<Vec<String>>,
+    /// The key may call only actions that change nothing.
+    pub read_only: bool,
+    /// The key's request rate, instead of the server's default.
+    pub rate: Option<RequestRate>,
+}
+
+impl KeyAccess {
+    /// Whether the key may operate on `resource` (an ID, matched against the patterns).
+    pub fn allows_resource(&self, resource: &str) -> bool {
+        self.resources.as_ref().is_none_or(|patterns| {
+            patterns
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => resource.starts_with(prefix),
+                    None => resource == pattern,
+                })
+        })
+    }
+
+    pub fn allows_action(&self, action: &str) -> bool {
+        self.actions
+            .as_ref()
+            .is_none_or(|actions| actions.iter().any(|a| a == action))
+    }
+}
+
+/// A token bucket's settings: `per_second` tokens added each second, at most `burst`
+/// kept (a burst of requests after a quiet time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl std::fmt::Display for RequestRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/s (burst {})", self.per_second, self.burst)
+    }
+}
+
+impl std::str::FromStr for RequestRate {
+    type Err = String;
+
+    /// `N` (burst N) or `N/BURST`; N at least 1.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |t: &str| {
+            t.trim()
+                .trim_end_matches("/s")
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    format!("{text:?} is not a rate: write N or N/BURST with N, BURST at least 1")
+                })
+        };
+        match text.split_once('/').filter(|(_, b)| *b != "s") {
+            Some((rate, burst)) => Ok(Self {
+                per_second: number(rate)?,
+                burst: number(burst)?,
+            }),
+            None => {
+                let n = number(text)?;
+                Ok(Self {
+                    per_second: n,
+                    burst: n,
+                })
+            }
+        }
+    }
+}
+
+/// Per-account ceilings a submission must stay under; 0 = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccountLimits {
+    /// QUEUED or RUNNING tasks.
+    pub max_unfinished_tasks: u64,
+    /// Resources the account has (in any state, until retention deletes them).
+    pub max_resources: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,4 +223,60 @@ pub struct ResourceFilter {
     /// Each entry keeps resources whose attribute equals one of the values (text or
     /// integer JSON values).
     pub attr_in: Vec<(&'static str, Vec<Value>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(resources: &[&str]) -> KeyAccess {
+        KeyAccess {
+            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+            ..KeyAccess::default()
+        }
+    }
+
+    #[test]
+    fn resource_patterns_match_exact_ids_and_prefixes() {
+        let key = access(&["ins-abc", "lb-*"]);
+        assert!(key.allows_resource("ins-abc"));
+        assert!(
+            !key.allows_resource("ins-abcd"),
+            "an exact ID is not a prefix"
+        );
+        assert!(!key.allows_resource("ins-ab"));
+        assert!(key.allows_resource("lb-12345678"));
+        assert!(key.allows_resource("lb-"));
+        assert!(!key.allows_resource("ins-12345678"));
+        assert!(access(&["*"]).allows_resource("anything"));
+        assert!(
+            !access(&[]).allows_resource("ins-abc"),
+            "an empty list allows none"
+        );
+        assert!(KeyAccess::default().allows_resource("ins-abc"));
+    }
+
+    #[test]
+    fn actions_are_matched_exactly() {
+        let key = KeyAccess {
+            actions: Some(vec!["DescribeInstances".into()]),
+            ..KeyAccess::default()
+        };
+        assert!(key.allows_action("DescribeInstances"));
+        assert!(!key.allows_action("describeinstances"));
+        assert!(!key.allows_action("DescribeInstance"));
+        assert!(KeyAccess::default().allows_action("StopInstances"));
+    }
+
+    #[test]
+    fn rates_parse_with_and_without_a_burst() {
+        let rate = |per_second, burst| RequestRate { per_second, burst };
+        assert_eq!("5".parse(), Ok(rate(5, 5)));
+        assert_eq!("5/s".parse(), Ok(rate(5, 5)));
+        assert_eq!("5/20".parse(), Ok(rate(5, 20)));
+        for bad in ["0", "", "x", "5/0", "-1", "5/x"] {
+            assert!(bad.parse::<RequestRate>().is_err(), "{bad:?}");
+        }
+        assert_eq!(rate(5, 20).to_string(), "5/s (burst 20)");
+    }
 }

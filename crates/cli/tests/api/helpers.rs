@@ -432,3 +432,58 @@ pub async fn app_with(names: &[&str], args: &[&str]) -> (TestApp, Vec<String>) {
     app.restart(Some(args));
     (app, ids)
 }
+
+// ---- Key management (the hardening tests) ----
+
+/// Runs `qtask keys ARGS --data-dir DATA_DIR` beside the running server; returns stdout.
+pub fn qtask_keys(app: &TestApp, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_qtask"))
+        .arg("keys")
+        .args(args)
+        .arg("--data-dir")
+        .arg(&app.data_dir)
+        .env("QTASK_LOG", "warn")
+        .output()
+        .expect("qtask keys runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "qtask keys {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Creates a key for `account` with `qtask keys create` and its restriction flags;
+/// returns a client signing with it and its SecretId.
+pub fn restricted_client(app: &TestApp, account: &str, flags: &[&str]) -> (Client, String) {
+    let mut args = vec!["create", "--account", account];
+    args.extend_from_slice(flags);
+    let stdout = qtask_keys(app, &args);
+    let field = |label: &str| -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {label} line in {stdout}"))
+    };
+    let (secret_id, secret_key) = (field("SecretId:"), field("SecretKey:"));
+    let client = app.client_for(
+        &secret_id,
+        &secret_key,
+        HttpMethod::Get,
+        SignatureMethod::HmacSha256,
+    );
+    (client, secret_id)
+}
+
+/// Asserts an error answer's code, codeDesc and message fragments.
+#[track_caller]
+pub fn assert_code(answer: &Value, code: u64, code_desc: &str, fragments: &[&str]) {
+    assert_eq!(answer["code"], code, "{answer}");
+    assert_eq!(answer["codeDesc"], code_desc, "{answer}");
+    let message = text(&answer["message"]);
+    for fragment in fragments {
+        assert!(message.contains(fragment), "no {fragment:?} in {answer}");
+    }
+}

@@ -5,6 +5,7 @@ mod catalogs;
 mod cli;
 mod durability;
 mod engine;
+mod hardening;
 mod helpers;
 mod http_limits;
 mod lb;

@@ -603,6 +603,8 @@ mod tests {
             region: "ap-guangzhou".parse().unwrap(),
             params: params.as_object().unwrap().clone(),
             now: 0,
+            access: Default::default(),
+            main_key: true,
         }
     }
 
