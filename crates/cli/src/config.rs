@@ -145,6 +145,11 @@ pub struct ServeArgs {
     /// Resources an account may have; 0 = unlimited [default: 0].
     #[arg(long, env = "QTASK_MAX_RESOURCES", value_name = "N")]
     pub max_resources: Option<u64>,
+    /// The master key that seals SecretKeys at rest: a file (mode 0600) holding 32
+    /// base64 bytes; without it, QTASK_MASTER_KEY, else DATA_DIR/master.key (generated
+    /// on first start).
+    #[arg(long, env = "QTASK_MASTER_KEY_FILE", value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// An option that is `on` or `off`.
@@ -189,6 +194,7 @@ pub struct ServeConfig {
     /// The request rate of keys without their own; `None` = unlimited.
     pub rate_limit: Option<RequestRate>,
     pub account_limits: AccountLimits,
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -279,6 +285,7 @@ impl ServeConfig {
         Ok(Self {
             rate_limit,
             account_limits,
+            master_key_file: args.master_key_file.or(file.master_key_file),
             data_dir: args
                 .data_dir
                 .or(file.data_dir)

@@ -1,13 +1,112 @@
-//! `qtask keys create|list|disable|enable|block|unblock`: API key and account
-//! management on a data directory, also while a server runs on it (SQLite lets both
-//! processes write).
+//! `qtask keys create|list|disable|enable|block|unblock|rotate-master`: API key and
+//! account management on a data directory, also while a server runs on it (SQLite lets
+//! both processes write), and the master key that seals the SecretKeys at rest.
 
 use crate::credentials;
-use crate::serve::{now_millis, open_store};
-use anyhow::{bail, Context};
+use crate::serve::{lock_data_dir, now_millis, open_store};
+use anyhow::{anyhow, bail, Context};
 use qtask_core::SecretId;
 use qtask_store::{KeyAccess, NewApiKey, RequestRate, Store};
+use qtask_store_sqlite::MasterKey;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+/// The master key qtask generates on first start when none is given: DATA_DIR/master.key.
+pub const MASTER_KEY_FILE: &str = "master.key";
+/// A master key given as base64 text instead of a file.
+pub const MASTER_KEY_ENV: &str = "QTASK_MASTER_KEY";
+
+/// The master key of `data_dir`: from `file` when given, else from `QTASK_MASTER_KEY`,
+/// else DATA_DIR/master.key (generated on first use).
+pub fn master_key(data_dir: &Path, file: Option<&Path>) -> anyhow::Result<MasterKey> {
+    if let Some(file) = file {
+        return read_master_key(file);
+    }
+    if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
+        return MasterKey::from_base64(&text).map_err(|e| anyhow!("{MASTER_KEY_ENV}: {e}"));
+    }
+    let default = data_dir.join(MASTER_KEY_FILE);
+    if !default.exists() {
+        let text = MasterKey::generate().map_err(anyhow::Error::msg)?;
+        write_key_file(&default, &text, false)?;
+    }
+    read_master_key(&default)
+}
+
+/// Reads a master key file, refusing one that the group or others may read or write.
+pub fn read_master_key(path: &Path) -> anyhow::Result<MasterKey> {
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the master key file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "the master key file {} is open to its group or others (mode {:03o}); run chmod 600 on it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the master key file {}", path.display()))?;
+    MasterKey::from_base64(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes a key file (mode 0600) whole or not at all: through a temporary file, then
+/// linked into place (`replace` = false: a file made meanwhile by another process wins)
+/// or renamed over the old one.
+fn write_key_file(path: &Path, text: &str, replace: bool) -> anyhow::Result<()> {
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("cannot create {}", temporary.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    let placed = if replace {
+        std::fs::rename(&temporary, path)
+    } else {
+        std::fs::hard_link(&temporary, path).or_else(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        })
+    };
+    let _ = std::fs::remove_file(&temporary);
+    placed.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `qtask keys rotate-master --new-key-file FILE`: re-seals every SecretKey with the
+/// new key in one transaction. With the default key file, DATA_DIR/master.key then
+/// holds the new key; otherwise the server must be started with the new one.
+pub async fn run_rotate_master(
+    data_dir: &Path,
+    master_key_file: Option<&Path>,
+    new_key_file: &Path,
+) -> anyhow::Result<()> {
+    // A running server holds the old key in memory: it would fail every request.
+    let _lock = lock_data_dir(data_dir)?;
+    let new_key = read_master_key(new_key_file)?;
+    let store = open_store(data_dir, master_key_file).await?;
+    let count = store.rotate_master_key(new_key).await?;
+    let default_file = master_key_file.is_none() && std::env::var_os(MASTER_KEY_ENV).is_none();
+    if default_file {
+        let text = std::fs::read_to_string(new_key_file)?;
+        write_key_file(&data_dir.join(MASTER_KEY_FILE), &text, true)?;
+        println!(
+            "Re-sealed {count} SecretKeys; {} now holds the new master key.",
+            data_dir.join(MASTER_KEY_FILE).display()
+        );
+    } else {
+        println!(
+            "Re-sealed {count} SecretKeys; from now on start qtask with --master-key-file {} (or {MASTER_KEY_ENV} set to its content).",
+            new_key_file.display()
+        );
+    }
+    Ok(())
+}
 
 /// The account the first start creates.
 pub const DEFAULT_ACCOUNT: &str = "default";
@@ -110,6 +209,7 @@ async fn create_restricted(
 
 pub async fn run_create(
     data_dir: &Path,
+    master_key_file: Option<&Path>,
     account: &str,
     restrictions: Restrictions,
 ) -> anyhow::Result<()> {
@@ -117,7 +217,7 @@ pub async fn run_create(
         bail!("--account must be 1 to 64 characters");
     }
     let access = restrictions.access()?;
-    let store = open_store(data_dir)?;
+    let store = open_store(data_dir, master_key_file).await?;
     let (secret_id, secret_key) = create_restricted(&store, account, access).await?;
     println!("Created an API key for account {account:?} (the SecretKey is shown only now):");
     println!("  SecretId:  {secret_id}");
@@ -125,8 +225,8 @@ pub async fn run_create(
     Ok(())
 }
 
-pub async fn run_list(data_dir: &Path) -> anyhow::Result<()> {
-    let store = open_store(data_dir)?;
+pub async fn run_list(data_dir: &Path, master_key_file: Option<&Path>) -> anyhow::Result<()> {
+    let store = open_store(data_dir, master_key_file).await?;
     let keys = store.keys().await?;
     println!(
         "{:<38} {:<20} {:<9} {:<5} {:<24} RESTRICTIONS",
@@ -153,10 +253,11 @@ pub async fn run_list(data_dir: &Path) -> anyhow::Result<()> {
 
 pub async fn run_set_enabled(
     data_dir: &Path,
+    master_key_file: Option<&Path>,
     secret_id: &str,
     enabled: bool,
 ) -> anyhow::Result<()> {
-    let store = open_store(data_dir)?;
+    let store = open_store(data_dir, master_key_file).await?;
     let id: SecretId = secret_id
         .parse()
         .map_err(|e| anyhow::anyhow!("SecretId {e}"))?;
@@ -171,8 +272,13 @@ pub async fn run_set_enabled(
 }
 
 /// `qtask keys block|unblock ACCOUNT`: every key of a blocked account answers 4300.
-pub async fn run_set_blocked(data_dir: &Path, account: &str, blocked: bool) -> anyhow::Result<()> {
-    let store = open_store(data_dir)?;
+pub async fn run_set_blocked(
+    data_dir: &Path,
+    master_key_file: Option<&Path>,
+    account: &str,
+    blocked: bool,
+) -> anyhow::Result<()> {
+    let store = open_store(data_dir, master_key_file).await?;
     if !store.set_account_blocked(account, blocked).await? {
         bail!("there is no account {account:?} in {}", data_dir.display());
     }

@@ -56,6 +56,9 @@ enum Command {
             global = true
         )]
         data_dir: PathBuf,
+        /// The master key file that seals the SecretKeys (as for `qtask serve`).
+        #[arg(long, env = "QTASK_MASTER_KEY_FILE", global = true)]
+        master_key_file: Option<PathBuf>,
     },
     /// Sign and send one API call, print its JSON answer; --wait follows its tasks.
     #[command(after_help = format!("{}\n\n{EXIT_CODES_HELP}", call::EXAMPLES))]
@@ -146,6 +149,14 @@ enum KeysCommand {
     /// Unblock a blocked account.
     #[command(after_help = "Example:\n  qtask keys unblock team-a")]
     Unblock { account: String },
+    /// Re-seal every SecretKey with a new master key (stop the server first).
+    #[command(
+        after_help = "Example:\n  head -c 32 /dev/urandom | base64 > new.key && chmod 600 new.key\n  qtask keys rotate-master --new-key-file new.key"
+    )]
+    RotateMaster {
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+    },
 }
 
 /// Parses the command line; `qtask call`'s `--NAME VALUE` parameters are split off
@@ -181,33 +192,47 @@ fn main() -> ExitCode {
             Command::Serve(args) => qtask::serve::run(ServeConfig::resolve(*args)?)
                 .await
                 .map(done),
-            Command::Keys { command, data_dir } => match command {
-                KeysCommand::Create {
-                    account,
-                    restrictions,
-                } => keys::run_create(&data_dir, &account, restrictions)
-                    .await
-                    .map(done),
-                KeysCommand::List => keys::run_list(&data_dir).await.map(done),
-                KeysCommand::Disable { secret_id } => {
-                    keys::run_set_enabled(&data_dir, &secret_id, false)
+            Command::Keys {
+                command,
+                data_dir,
+                master_key_file,
+            } => {
+                let key_file = master_key_file.as_deref();
+                match command {
+                    KeysCommand::Create {
+                        account,
+                        restrictions,
+                    } => keys::run_create(&data_dir, key_file, &account, restrictions)
                         .await
-                        .map(done)
+                        .map(done),
+                    KeysCommand::List => keys::run_list(&data_dir, key_file).await.map(done),
+                    KeysCommand::Disable { secret_id } => {
+                        keys::run_set_enabled(&data_dir, key_file, &secret_id, false)
+                            .await
+                            .map(done)
+                    }
+                    KeysCommand::Enable { secret_id } => {
+                        keys::run_set_enabled(&data_dir, key_file, &secret_id, true)
+                            .await
+                            .map(done)
+                    }
+                    KeysCommand::Block { account } => {
+                        keys::run_set_blocked(&data_dir, key_file, &account, true)
+                            .await
+                            .map(done)
+                    }
+                    KeysCommand::Unblock { account } => {
+                        keys::run_set_blocked(&data_dir, key_file, &account, false)
+                            .await
+                            .map(done)
+                    }
+                    KeysCommand::RotateMaster { new_key_file } => {
+                        keys::run_rotate_master(&data_dir, key_file, &new_key_file)
+                            .await
+                            .map(done)
+                    }
                 }
-                KeysCommand::Enable { secret_id } => {
-                    keys::run_set_enabled(&data_dir, &secret_id, true)
-                        .await
-                        .map(done)
-                }
-                KeysCommand::Block { account } => keys::run_set_blocked(&data_dir, &account, true)
-                    .await
-                    .map(done),
-                KeysCommand::Unblock { account } => {
-                    keys::run_set_blocked(&data_dir, &account, false)
-                        .await
-                        .map(done)
-                }
-            },
+            }
             Command::Call(args) => call::run(*args).await,
             Command::Tasks(args) => tasks::run(*args).await,
             Command::Instances(args) => resources::run_instances(*args).await,

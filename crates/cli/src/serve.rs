@@ -28,18 +28,31 @@ pub fn now_millis() -> i64 {
     qtask_engine::time::now_millis()
 }
 
-/// Opens the data directory's store, creating the directory if needed.
-pub fn open_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+/// Opens the data directory's store (creating the directory if needed) with its master
+/// key, and seals any SecretKey still stored in plain text (a one-time step).
+pub async fn open_store(
+    data_dir: &Path,
+    master_key_file: Option<&Path>,
+) -> anyhow::Result<SqliteStore> {
     credentials::create_private_dir(data_dir)?;
+    let master_key = keys::master_key(data_dir, master_key_file)?;
     let path = data_dir.join(DATABASE_FILE);
-    SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))
+    let store = SqliteStore::open(&path)
+        .with_context(|| format!("cannot open the store {}", path.display()))?
+        .with_master_key(master_key);
+    let sealed = store.seal_plaintext_keys().await?;
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed the SecretKeys stored in plain text");
+    }
+    Ok(store)
 }
 
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     crate::logging::set_format(config.log_format);
     credentials::create_private_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(open_store(&config.data_dir)?);
+    let store: Arc<dyn Store> =
+        Arc::new(open_store(&config.data_dir, config.master_key_file.as_deref()).await?);
     let data_dir = config.data_dir.display().to_string();
     println!(
         "qtask {} — data in {data_dir} (SQLite, WAL, synchronous=FULL)",
@@ -246,7 +259,7 @@ fn executors(catalog: &Catalog, config: &ServeConfig) -> anyhow::Result<Arc<dyn 
 
 /// Holds DATA_DIR/qtask.lock for as long as the server runs: two servers on one
 /// SQLite database would each think the other's running tasks were abandoned.
-fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+pub(crate) fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = data_dir.join("qtask.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)

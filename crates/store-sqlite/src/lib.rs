@@ -8,6 +8,7 @@
 
 mod reads;
 mod schema;
+mod sealing;
 mod writer;
 mod writes;
 
@@ -17,10 +18,12 @@ use qtask_store::*;
 use r2d2_sqlite::rusqlite::{Connection, OpenFlags};
 use r2d2_sqlite::SqliteConnectionManager;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use writer::{backend, WriterHandle};
 
 pub use schema::LATEST as SCHEMA_VERSION;
+pub use sealing::MasterKey;
 
 /// How long a connection waits for another process's lock (a `qtask keys` command
 /// beside a running server) before it reports the database as busy.
@@ -31,6 +34,9 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: WriterHandle,
     readers: r2d2::Pool<SqliteConnectionManager>,
+    /// Seals SecretKeys before they are written and opens them when read; without it
+    /// keys are stored as given (tests of the store alone).
+    master_key: Option<Arc<MasterKey>>,
 }
 
 impl SqliteStore {
@@ -38,10 +44,12 @@ impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let mut conn = Connection::open(path).map_err(backend)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        // secure_delete: a key sealed at start leaves no plain copy in freed space.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
-             PRAGMA foreign_keys = ON;",
+             PRAGMA foreign_keys = ON;
+             PRAGMA secure_delete = ON;",
         )
         .map_err(backend)?;
         let found: u32 = conn
@@ -72,7 +80,82 @@ impl SqliteStore {
             path: path.to_owned(),
             writer,
             readers,
+            master_key: None,
         })
+    }
+
+    /// Seals SecretKeys with `key` from now on.
+    pub fn with_master_key(mut self, key: MasterKey) -> Self {
+        self.master_key = Some(Arc::new(key));
+        self
+    }
+
+    /// Seals the keys stored in plain text (by a qtask without a master key): a
+    /// one-time step at start. Returns how many it sealed.
+    pub async fn seal_plaintext_keys(&self) -> StoreResult<usize> {
+        let Some(master) = self.master_key.clone() else {
+            return Ok(0);
+        };
+        let sealed = self
+            .writer
+            .write(move |c, _| {
+                writes::reseal_keys(c, |secret_id, stored| {
+                    if sealing::is_sealed(stored) {
+                        Ok(None)
+                    } else {
+                        master.seal(secret_id, stored).map(Some)
+                    }
+                })
+            })
+            .await?;
+        if sealed > 0 {
+            self.checkpoint()?;
+        }
+        Ok(sealed)
+    }
+
+    /// Copies the WAL into the database file now, so the pages that held plain keys
+    /// (zeroed by `secure_delete`) replace the old ones in the file itself.
+    fn checkpoint(&self) -> StoreResult<()> {
+        let conn = Connection::open(&self.path).map_err(backend)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(backend)
+    }
+
+    /// Re-seals every SecretKey under `new` in one transaction (key rotation); a key
+    /// that does not open with the current master key stops it, changing nothing.
+    /// Returns how many keys it re-sealed.
+    pub async fn rotate_master_key(&self, new: MasterKey) -> StoreResult<usize> {
+        let current = self
+            .master_key
+            .clone()
+            .ok_or_else(|| StoreError::Backend("rotating needs the current master key".into()))?;
+        self.writer
+            .write(move |c, _| {
+                writes::reseal_keys(c, |secret_id, stored| {
+                    let plain = if sealing::is_sealed(stored) {
+                        current.open(secret_id, stored)?
+                    } else {
+                        stored.to_owned()
+                    };
+                    new.seal(secret_id, &plain).map(Some)
+                })
+            })
+            .await
+    }
+
+    /// The key as callers see it: its SecretKey opened.
+    fn unseal(&self, mut key: ApiKey) -> StoreResult<ApiKey> {
+        if sealing::is_sealed(&key.secret_key) {
+            let master = self.master_key.as_ref().ok_or_else(|| {
+                StoreError::Backend("the SecretKeys are sealed: qtask needs the master key".into())
+            })?;
+            key.secret_key = master
+                .open(key.secret_id.as_str(), &key.secret_key)
+                .map_err(StoreError::Backend)?;
+        }
+        Ok(key)
     }
 
     pub fn path(&self) -> &Path {
@@ -191,7 +274,10 @@ impl Store for SqliteStore {
 
     async fn api_key(&self, secret_id: &SecretId) -> StoreResult<Option<ApiKey>> {
         let secret_id = secret_id.clone();
-        self.read(move |c| reads::api_key(c, &secret_id)).await
+        self.read(move |c| reads::api_key(c, &secret_id))
+            .await?
+            .map(|key| self.unseal(key))
+            .transpose()
     }
 
     async fn task(&self, account: AccountId, id: RequestId) -> StoreResult<Option<TaskRecord>> {
@@ -234,7 +320,12 @@ impl Store for SqliteStore {
         self.read(move |c| reads::account_by_name(c, &name)).await
     }
 
-    async fn create_key(&self, key: NewApiKey, now: UnixMillis) -> StoreResult<()> {
+    async fn create_key(&self, mut key: NewApiKey, now: UnixMillis) -> StoreResult<()> {
+        if let Some(master) = &self.master_key {
+            key.secret_key = master
+                .seal(key.secret_id.as_str(), &key.secret_key)
+                .map_err(StoreError::Backend)?;
+        }
         self.writer
             .write(move |c, _| writes::create_key(c, &key, now))
             .await
@@ -255,6 +346,10 @@ impl Store for SqliteStore {
     }
 
     async fn keys(&self) -> StoreResult<Vec<ApiKey>> {
-        self.read(reads::keys).await
+        self.read(reads::keys)
+            .await?
+            .into_iter()
+            .map(|key| self.unseal(key))
+            .collect()
     }
 }

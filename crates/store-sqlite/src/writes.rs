@@ -1121,3 +1121,30 @@ pub fn parse_object(text: &str) -> StoreResult<Map<String, Value>> {
         ))),
     }
 }
+
+/// Replaces every stored SecretKey by `reseal(secret_id, stored)` when it gives a new
+/// value (all or nothing: an error leaves every row as it was); returns how many changed.
+pub fn reseal_keys(
+    conn: &Connection,
+    reseal: impl Fn(&str, &str) -> Result<Option<String>, String>,
+) -> StoreResult<usize> {
+    let rows: Vec<(String, String)> = conn
+        .prepare("SELECT secret_id, secret_key FROM api_keys ORDER BY secret_id")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(backend)?;
+    let mut changed = 0;
+    for (secret_id, stored) in rows {
+        if let Some(sealed) = reseal(&secret_id, &stored).map_err(StoreError::Backend)? {
+            conn.execute(
+                "UPDATE api_keys SET secret_key = ?2 WHERE secret_id = ?1",
+                params![secret_id, sealed],
+            )
+            .map_err(backend)?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}

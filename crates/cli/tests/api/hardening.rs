@@ -3,7 +3,11 @@
 
 use crate::helpers::*;
 use qtask::client::Client;
+use qtask_protocol::signature::{HttpMethod, SignatureMethod};
+use qtask_store::Store;
 use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 async fn call(client: &Client, action: &str, params: Vec<(String, String)>) -> Value {
     client
@@ -269,4 +273,179 @@ async fn an_account_over_its_resource_limit_answers_4400() {
     );
     let listed = describe(&app.client()).await;
     assert_eq!(listed["totalCount"], 2, "{listed}");
+}
+
+// ---- Secrets at rest ----
+
+/// The raw database files (the database, its WAL and shared memory) that contain
+/// `needle`.
+fn database_files_containing(app: &TestApp, needle: &str) -> Vec<String> {
+    ["qtask.db", "qtask.db-wal", "qtask.db-shm"]
+        .into_iter()
+        .filter(|name| {
+            std::fs::read(app.data_dir.join(name)).is_ok_and(|bytes| {
+                bytes
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+            })
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_copy_of_the_database_reveals_no_secret_key_and_no_password() {
+    let mut app = TestApp::spawn().await;
+    let (secret_id, canary_key) = app.create_key("default");
+    let canary_password = "Canary7Pass9Word";
+    let client = app.client_for(
+        &secret_id,
+        &canary_key,
+        HttpMethod::Get,
+        SignatureMethod::HmacSha256,
+    );
+    let run = call(
+        &client,
+        "RunInstances",
+        vec![
+            ("goodsNum".to_owned(), "1".to_owned()),
+            ("password".to_owned(), canary_password.to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(run["code"], 0, "{run}");
+    let data = app.wait_final(text(&run["requestId"])).await;
+    assert_eq!(data["state"], "SUCCESS", "{data}");
+    let canaries = [
+        canary_key.clone(),
+        app.secret_key.clone(),
+        canary_password.into(),
+    ];
+    let check = |app: &TestApp, moment: &str| {
+        for canary in &canaries {
+            let found = database_files_containing(app, canary);
+            assert!(found.is_empty(), "{moment}: {canary:?} found in {found:?}");
+        }
+    };
+    check(&app, "while the server runs");
+    assert!(app.terminate().success());
+    check(&app, "after the server stopped");
+    // The grep can find what is there: the SecretId is stored in plain text.
+    assert!(!database_files_containing(&app, &secret_id).is_empty());
+}
+
+#[tokio::test]
+async fn keys_stored_in_plain_text_are_sealed_at_the_next_start() {
+    let mut app = TestApp::spawn().await;
+    app.kill();
+    let plain = "plain-canary-0123456789abcdefghij";
+    {
+        // A store without the master key writes keys as given (an older qtask).
+        let store = qtask_store_sqlite::SqliteStore::open(&app.data_dir.join("qtask.db")).unwrap();
+        let account = store.account_by_name("default").await.unwrap().unwrap();
+        store
+            .create_key(
+                qtask_store::NewApiKey {
+                    secret_id: "AKIDplaintext0000000000000000000000".parse().unwrap(),
+                    secret_key: plain.into(),
+                    account,
+                    access: Default::default(),
+                },
+                0,
+            )
+            .await
+            .unwrap();
+    }
+    assert!(!database_files_containing(&app, plain).is_empty());
+    app.restart(None);
+    let client = app.client_for(
+        "AKIDplaintext0000000000000000000000",
+        plain,
+        HttpMethod::Get,
+        SignatureMethod::HmacSha256,
+    );
+    assert_eq!(describe(&client).await["code"], 0, "the key still works");
+    assert!(app.terminate().success());
+    let found = database_files_containing(&app, plain);
+    assert!(found.is_empty(), "{plain:?} still in {found:?}");
+}
+
+/// Writes a new master key file with `mode`; returns its path.
+fn new_key_file(dir: &Path, mode: u32) -> PathBuf {
+    let path = dir.join(format!("new-{mode:o}.key"));
+    std::fs::write(
+        &path,
+        qtask_store_sqlite::MasterKey::generate().expect("a key"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+fn qtask_keys_fails(app: &TestApp, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_qtask"))
+        .arg("keys")
+        .args(args)
+        .arg("--data-dir")
+        .arg(&app.data_dir)
+        .env("QTASK_LOG", "warn")
+        .output()
+        .expect("qtask keys runs");
+    assert!(!output.status.success(), "qtask keys {args:?} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn rotating_the_master_key_keeps_every_key_working() {
+    let mut app = TestApp::spawn().await;
+    let (secret_id, secret_key) = app.create_key("team-a");
+    let keys_dir = tempfile::tempdir().unwrap();
+    let new_key = new_key_file(keys_dir.path(), 0o600);
+    let new_key_arg = new_key.to_str().unwrap();
+
+    let refused = qtask_keys_fails(&app, &["rotate-master", "--new-key-file", new_key_arg]);
+    assert!(refused.contains("another qtask serve"), "{refused}");
+    assert!(app.terminate().success());
+
+    let open_file = new_key_file(keys_dir.path(), 0o640);
+    let refused = qtask_keys_fails(
+        &app,
+        &[
+            "rotate-master",
+            "--new-key-file",
+            open_file.to_str().unwrap(),
+        ],
+    );
+    assert!(refused.contains("run chmod 600"), "{refused}");
+
+    let old_master = std::fs::read_to_string(app.data_dir.join("master.key")).unwrap();
+    let out = qtask_keys(&app, &["rotate-master", "--new-key-file", new_key_arg]);
+    assert!(out.contains("Re-sealed 2 SecretKeys"), "{out}");
+    let master = std::fs::read_to_string(app.data_dir.join("master.key")).unwrap();
+    assert_eq!(master, std::fs::read_to_string(&new_key).unwrap());
+    assert_ne!(master, old_master);
+
+    app.restart(None);
+    assert_eq!(describe(&app.client()).await["code"], 0, "the first key");
+    let team = app.client_for(
+        &secret_id,
+        &secret_key,
+        HttpMethod::Get,
+        SignatureMethod::HmacSha256,
+    );
+    assert_eq!(describe(&team).await["code"], 0, "the team's key");
+
+    // The old master key no longer opens the keys: the server refuses to start with it.
+    assert!(app.terminate().success());
+    let old_file = keys_dir.path().join("old.key");
+    std::fs::write(&old_file, &old_master).unwrap();
+    std::fs::set_permissions(&old_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let refused = qtask_keys_fails(
+        &app,
+        &["list", "--master-key-file", old_file.to_str().unwrap()],
+    );
+    assert!(
+        refused.contains("does not open with this master key"),
+        "{refused}"
+    );
 }

@@ -777,11 +777,10 @@ async fn a_vacuum_into_backup_under_load_restores_every_acknowledged_task() {
         String::from_utf8_lossy(&backup.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&backup.stdout).trim(), "ok");
-    std::fs::copy(
-        app.data_dir.join("credentials"),
-        data_dir.join("credentials"),
-    )
-    .unwrap();
+    // The SecretKeys in the copy open only with the data directory's master key.
+    for file in ["credentials", "master.key"] {
+        std::fs::copy(app.data_dir.join(file), data_dir.join(file)).unwrap();
+    }
 
     let server = LoggedServer::start(
         &data_dir,
