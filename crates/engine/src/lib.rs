@@ -261,21 +261,35 @@ impl Engine {
     /// Refuses a plan naming existing resources the key may not operate on. Resources
     /// a call creates are not restricted (their IDs are drawn by qtask).
     fn check_resources(call: &Call, plan: &Plan) -> Result<(), EngineError> {
-        let refused: Vec<ResourceId> = plan
-            .tasks
-            .iter()
-            .filter_map(|task| match &task.target {
-                Target::Existing { id, .. } if !call.access.allows_resource(id.as_str()) => {
-                    Some(id.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(EngineError::ResourcesNotAllowed(refused))
+        refuse_resources(
+            call,
+            plan.tasks.iter().filter_map(|task| match &task.target {
+                Target::Existing { id, .. } => Some(id),
+                Target::Create(_) => None,
+            }),
+        )
+    }
+
+    /// Refuses a command on stored tasks (CancelTask) when the task, or a task of the
+    /// chain, is on a resource the key may not operate on. An ID that names nothing is
+    /// left to the command, which answers it.
+    async fn check_task_resources(&self, call: &Call) -> Result<(), EngineError> {
+        if call.access.resources.is_none() {
+            return Ok(());
         }
+        let Ok(id) = catalog::parse_request_id(args::Args(&call.params), "requestId") else {
+            return Ok(());
+        };
+        let resources = match self.store.task(call.account, id).await? {
+            Some(task) => vec![task.resource],
+            None => self
+                .store
+                .group(call.account, id)
+                .await?
+                .map(|group| group.tasks.into_iter().map(|t| t.resource).collect())
+                .unwrap_or_default(),
+        };
+        refuse_resources(call, resources.iter())
     }
 
     async fn try_call(&self, call: Call) -> Result<Reply, EngineError> {
@@ -288,6 +302,9 @@ impl Engine {
             && (action.is_mutating() || CHANGING_QUERIES.contains(&action.name))
         {
             return Err(EngineError::ReadOnlyKey(call.action.clone()));
+        }
+        if CHANGING_QUERIES.contains(&action.name) {
+            self.check_task_resources(&call).await?;
         }
         let nonce = NonceClaim {
             secret_id: call.secret_id.clone(),
@@ -430,4 +447,23 @@ impl Engine {
 enum Reply {
     Fresh(Answer),
     Stored(String),
+}
+
+/// Refuses the call when the key may not operate on some of `resources` (named once
+/// each, in order).
+fn refuse_resources<'a>(
+    call: &Call,
+    resources: impl Iterator<Item = &'a ResourceId>,
+) -> Result<(), EngineError> {
+    let mut refused: Vec<ResourceId> = Vec::new();
+    for id in resources {
+        if !call.access.allows_resource(id.as_str()) && !refused.contains(id) {
+            refused.push(id.clone());
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::ResourcesNotAllowed(refused))
+    }
 }

@@ -112,6 +112,21 @@ async fn a_key_limited_to_some_resources_is_refused_others_with_4102_listing_the
 
     let allowed = stop(&exact, &[&ids[0]]).await;
     assert_eq!(allowed["code"], 0, "the allowed instance: {allowed}");
+    // CancelTask names tasks: the resources of the task (or chain) are checked.
+    let other_chain = stop(&app.client(), &[&ids[1]]).await;
+    assert_eq!(other_chain["code"], 0, "{other_chain}");
+    let cancel = |id: String| call(&exact, "CancelTask", vec![("requestId".to_owned(), id)]);
+    let refused = cancel(detail_task(&other_chain, &ids[1])).await;
+    assert_code(&refused, 4102, "UnauthorizedResource", &[&ids[1]]);
+    let chain_id = text(&other_chain["requestId"]).to_owned();
+    assert_code(
+        &cancel(chain_id).await,
+        4102,
+        "UnauthorizedResource",
+        &[&ids[1]],
+    );
+    let own = cancel(detail_task(&allowed, &ids[0])).await;
+    assert_eq!(own["code"], 0, "its own resource's task: {own}");
     // Creations are not restricted: their IDs are drawn by qtask.
     let created = call(
         &exact,
@@ -122,8 +137,8 @@ async fn a_key_limited_to_some_resources_is_refused_others_with_4102_listing_the
     assert_eq!(created["code"], 0, "{created}");
 
     let (pattern, _) = restricted_client(&app, "default", &["--allow-resources", "ins-*"]);
-    let answer = stop(&pattern, &[&ids[1], &ids[2]]).await;
-    assert_eq!(answer["code"], 0, "ins-* matches every instance: {answer}");
+    let answer = stop(&pattern, &[&ids[2]]).await;
+    assert_eq!(answer["code"], 0, "ins-* matches the instance: {answer}");
     let (other, _) = restricted_client(&app, "default", &["--allow-resources", "lb-*"]);
     assert_code(
         &stop(&other, &[&ids[0]]).await,
