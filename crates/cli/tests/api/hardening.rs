@@ -33,10 +33,29 @@ async fn describe(client: &Client) -> Value {
 async fn a_key_limited_to_some_actions_is_refused_the_others_with_4101() {
     let app = TestApp::spawn().await;
     let ids = app.create_instances(1, "web").await;
-    let (client, _) = restricted_client(
+    let (client, secret_id) = restricted_client(
         &app,
         "default",
-        &["--allow-actions", "DescribeInstances,DescribeTaskResult"],
+        &[
+            "--allow-actions",
+            "DescribeInstances,DescribeTaskResult",
+            "--allow-resources",
+            "ins-*",
+            "--read-only",
+            "--rate",
+            "5/10",
+        ],
+    );
+    let listing = qtask_keys(&app, &["list"]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&secret_id))
+        .unwrap_or_else(|| panic!("{listing}"));
+    assert!(
+        line.ends_with(
+            "read-only actions=DescribeInstances,DescribeTaskResult resources=ins-* rate=5/10"
+        ),
+        "{listing}"
     );
     assert_eq!(describe(&client).await["code"], 0);
     assert_code(
