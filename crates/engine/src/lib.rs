@@ -334,6 +334,31 @@ impl Engine {
         self.submit(&call, nonce, plan).await
     }
 
+    /// For a mutating call, the resource IDs it names (for the audit log); `None` for a
+    /// query or an unknown action.
+    pub fn audited_resources(&self, call: &Call) -> Option<Vec<String>> {
+        let spec = self.catalog.get(&call.action)?;
+        if !spec.is_mutating() {
+            return None;
+        }
+        let Handler::Mutate(operation) = &spec.handler else {
+            return Some(Vec::new());
+        };
+        let param = match operation.targets {
+            catalog::Targets::One(param) | catalog::Targets::Many(param) => param,
+            catalog::Targets::New { .. } => return Some(Vec::new()),
+        };
+        let ids = match call.params.get(param) {
+            Some(Value::String(id)) => vec![id.clone()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some(ids)
+    }
+
     /// Opens an event stream for a verified `WatchTaskEvents` call; an error comes as
     /// the rendered body to answer instead.
     pub async fn watch(&self, call: Call) -> Result<watch::Watch, String> {

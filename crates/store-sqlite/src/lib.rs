@@ -6,6 +6,7 @@
 //! thread that commits them in groups ([`writer`]); reads use a pool of read-only
 //! connections that WAL lets run beside the writer.
 
+mod audit;
 mod reads;
 mod schema;
 mod sealing;

@@ -138,6 +138,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_unfinished_by_account ON tasks (account_id)
         WHERE state IN ('QUEUED', 'RUNNING');
     "#,
+    // 4: the audit log of mutating calls.
+    r#"
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        secret_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        action TEXT NOT NULL,
+        resources TEXT NOT NULL,
+        code INTEGER NOT NULL,
+        request_ids TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_account ON audit_log (account_id, id);
+    "#,
 ];
 
 /// The schema version this binary writes.

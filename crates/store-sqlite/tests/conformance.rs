@@ -112,3 +112,9 @@ async fn reopen_keeps_everything_and_never_reuses_ids() {
     let path = &path;
     conformance::reopen_keeps_everything_and_never_reuses_ids(|| async move { open(path) }).await;
 }
+
+#[tokio::test]
+async fn audit_log_lists_an_accounts_entries_newest_first() {
+    let (_dir, store) = fresh();
+    conformance::audit_log_lists_an_accounts_entries_newest_first(&store).await;
+}

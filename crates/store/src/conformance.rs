@@ -5056,6 +5056,84 @@ pub async fn accounts_and_keys(store: &dyn Store) {
     assert_eq!(keys, vec![key1, key2]);
 }
 
+// ---------------------------------------------------------------------------------------
+// audit log
+
+/// Audit entries are kept per account, newest first, and filter by code, resource and
+/// time.
+pub async fn audit_log_lists_an_accounts_entries_newest_first(store: &dyn Store) {
+    let a = account(store, "main").await;
+    let b = account(store, "other").await;
+    let entry =
+        |account: AccountId, at: UnixMillis, action: &str, code: u32, resources: &[&str]| {
+            AuditEntry {
+                id: 0,
+                at,
+                account,
+                secret_id: "AKIDaudit".into(),
+                source: "10.0.0.1".into(),
+                action: action.into(),
+                resources: resources.iter().map(|r| r.to_string()).collect(),
+                code,
+                request_ids: vec!["7".into()],
+            }
+        };
+    for written in [
+        entry(a, T0, "RunInstances", 0, &["ins-00000001"]),
+        entry(
+            a,
+            T0 + 1000,
+            "StopInstances",
+            5100,
+            &["ins-00000001", "ins-00000002"],
+        ),
+        entry(b, T0 + 2000, "StopInstances", 0, &[]),
+    ] {
+        store.audit(written).await.expect("audit");
+    }
+    let page = Page {
+        offset: 0,
+        limit: 10,
+    };
+    let list = |account: AccountId, filter: AuditFilter| async move {
+        store
+            .audit_log(account, filter, page)
+            .await
+            .expect("audit_log")
+    };
+    let all = list(a, AuditFilter::default()).await;
+    assert_eq!(all.total, 2, "only the account's own");
+    assert_eq!(all.items[0].action, "StopInstances", "newest first");
+    assert!(all.items[0].id > all.items[1].id);
+    assert_eq!(all.items[1].resources, vec!["ins-00000001".to_owned()]);
+    assert_eq!(all.items[1].request_ids, vec!["7".to_owned()]);
+    assert_eq!(all.items[1].source, "10.0.0.1");
+    let filtered = [
+        AuditFilter {
+            code: Some(5100),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            resource: Some("ins-00000002".into()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            from: Some(T0 + 500),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            action: Some("StopInstances".into()),
+            ..AuditFilter::default()
+        },
+    ];
+    for filter in filtered {
+        let found = list(a, filter.clone()).await;
+        assert_eq!(found.total, 1, "{filter:?}");
+        assert_eq!(found.items[0].code, 5100, "{filter:?}");
+    }
+    assert_eq!(list(b, AuditFilter::default()).await.total, 1);
+}
+
 // ---------------------------------------------------------------------------------
 // Key access, blocked accounts and account limits (issue #8)
 

@@ -16,9 +16,11 @@ use qtask_core::{
 };
 use serde_json::{Map, Value};
 
+pub mod audit;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod records;
+pub use audit::{AuditEntry, AuditFilter, AuditLog};
 pub use records::*;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -56,7 +58,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub type AnswerFn = Box<dyn FnOnce(&SubmitReport) -> String + Send>;
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AuditLog + Send + Sync + 'static {
     // --- the write path (group-committed) ---
 
     /// Records a nonce for a request that changes nothing (a query).

@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real `qtask` binary on ephemeral ports with its
 //! own data directory and talks HTTP(S) to it, as a client would.
 
+mod audit;
 mod catalogs;
 mod cli;
 mod durability;

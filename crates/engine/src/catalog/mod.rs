@@ -6,6 +6,7 @@
 //! the one they end in. The store applies those rules atomically at submission; the
 //! executor only does the work.
 
+pub mod audit;
 pub mod describe;
 pub mod file;
 pub mod history;
@@ -459,7 +460,11 @@ impl Catalog {
             actions: HashMap::new(),
             resource_types: Vec::new(),
         };
-        for spec in tasks::actions().into_iter().chain(history::actions()) {
+        for spec in tasks::actions()
+            .into_iter()
+            .chain(history::actions())
+            .chain(audit::actions())
+        {
             let previous = catalog.actions.insert(spec.name, spec);
             assert!(previous.is_none(), "an action is defined twice");
         }
