@@ -83,6 +83,20 @@ impl<'a> Args<'a> {
         }
     }
 
+    /// A point in time: `YYYY-MM-DD HH:MM:SS` (UTC) or Unix seconds, as milliseconds.
+    pub fn instant(&self, name: &str) -> ArgResult<Option<i64>> {
+        self.text(name)?
+            .map(|text| {
+                crate::time::parse(text).ok_or_else(|| {
+                    ArgError::new(
+                        name,
+                        "must be YYYY-MM-DD HH:MM:SS (UTC) or a Unix time in seconds",
+                    )
+                })
+            })
+            .transpose()
+    }
+
     /// A list of text values (`name.0`, `name.1`, …); empty when absent.
     pub fn text_list(&self, name: &str) -> ArgResult<Vec<&'a str>> {
         match self.0.get(name) {

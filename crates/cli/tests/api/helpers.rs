@@ -332,18 +332,7 @@ impl TestApp {
     /// Creates an API key for `account` (a new account unless it exists) with the CLI
     /// `qtask keys create`; returns (SecretId, SecretKey).
     pub fn create_key(&self, account: &str) -> (String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_qtask"))
-            .args(["keys", "create", "--account", account, "--data-dir"])
-            .arg(&self.data_dir)
-            .env("QTASK_LOG", "warn")
-            .output()
-            .expect("qtask keys create runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "qtask keys create failed: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = qtask_keys(self, &["create", "--account", account]);
         let field = |label: &str| -> String {
             stdout
                 .lines()

@@ -3,7 +3,7 @@
 
 use super::tasks::page;
 use super::{ActionSpec, Handler, QueryContext};
-use crate::args::{ArgError, Args};
+use crate::args::Args;
 use crate::{time, Answer, EngineError};
 use qtask_store::{AuditEntry, AuditFilter};
 use serde_json::{json, Map, Value};
@@ -27,26 +27,14 @@ pub fn actions() -> Vec<ActionSpec> {
 
 async fn describe_audit_log(ctx: QueryContext<'_>) -> Result<Answer, EngineError> {
     let args = Args(&ctx.call.params);
-    let instant = |name: &str| -> Result<Option<i64>, ArgError> {
-        args.text(name)?
-            .map(|text| {
-                time::parse(text).ok_or_else(|| {
-                    ArgError::new(
-                        name,
-                        "must be YYYY-MM-DD HH:MM:SS (UTC) or a Unix time in seconds",
-                    )
-                })
-            })
-            .transpose()
-    };
     let filter = AuditFilter {
         action: args.bounded_text("action", 128)?.map(str::to_owned),
         secret_id: args.bounded_text("secretId", 128)?.map(str::to_owned),
         code: args.int("code", 0, 99_999)?.map(|c| c as u32),
         resource: args.bounded_text("resourceId", 64)?.map(str::to_owned),
-        from: instant("startTime")?,
+        from: args.instant("startTime")?,
         // Times have whole seconds: an end time includes its whole second.
-        to: instant("endTime")?.map(|t| t + 999),
+        to: args.instant("endTime")?.map(|t| t + 999),
     };
     let listing = ctx
         .store

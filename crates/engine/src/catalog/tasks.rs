@@ -8,7 +8,7 @@ use super::{
 use crate::args::{ArgError, Args};
 use crate::dispatch::Dispatcher;
 use crate::events::{EventKind, TaskEvent};
-use crate::{time, views, Answer, EngineError};
+use crate::{views, Answer, EngineError};
 use qtask_core::{RequestId, ResourceId, ResourceState, TaskState};
 use qtask_store::{CancelOutcome, GroupRecord, Page, PlannedTask, Target, TaskFilter, TaskRecord};
 use serde_json::{json, Map, Value};
@@ -354,18 +354,6 @@ async fn describe_tasks(ctx: QueryContext<'_>) -> Result<Answer, EngineError> {
             .collect::<Result<_, _>>()
             .map_err(|e| ArgError::new("status", e.to_string()))?,
     };
-    let instant = |name: &str| -> Result<Option<i64>, ArgError> {
-        args.text(name)?
-            .map(|text| {
-                time::parse(text).ok_or_else(|| {
-                    ArgError::new(
-                        name,
-                        "must be YYYY-MM-DD HH:MM:SS (UTC) or a Unix time in seconds",
-                    )
-                })
-            })
-            .transpose()
-    };
     let resource = args
         .bounded_text("resourceId", 64)?
         .map(|id| ResourceId::from_stored(id.to_owned()));
@@ -373,9 +361,9 @@ async fn describe_tasks(ctx: QueryContext<'_>) -> Result<Answer, EngineError> {
         states,
         action: args.bounded_text("action", 128)?.map(str::to_owned),
         resource,
-        created_from: instant("startTime")?,
+        created_from: args.instant("startTime")?,
         // Times have whole seconds: an end time includes its whole second.
-        created_to: instant("endTime")?.map(|t| t + 999),
+        created_to: args.instant("endTime")?.map(|t| t + 999),
     };
     let listing = ctx
         .store
