@@ -417,14 +417,7 @@ fn new_key_file(dir: &Path, mode: u32) -> PathBuf {
 }
 
 fn qtask_keys_fails(app: &TestApp, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_qtask"))
-        .arg("keys")
-        .args(args)
-        .arg("--data-dir")
-        .arg(&app.data_dir)
-        .env("QTASK_LOG", "warn")
-        .output()
-        .expect("qtask keys runs");
+    let output = run_keys(app, args);
     assert!(!output.status.success(), "qtask keys {args:?} succeeded");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }

@@ -56,38 +56,9 @@ impl TestApp {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the qtask binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    let ready = line.starts_with("Ready.");
-                    output.lock().unwrap().push(line);
-                    if ready {
-                        let _ = ready_tx.send(());
-                    }
-                }
-            });
-        }
-        if ready_rx.recv_timeout(DEADLINE).is_err() {
-            let _ = child.kill();
-            panic!(
-                "qtask did not become ready; it printed: {:?}",
-                output.lock().unwrap()
-            );
-        }
+        let output = wait_ready(&mut child);
         let lines = output.lock().unwrap().clone();
-        let address = |scheme: &str| -> SocketAddr {
-            let prefix = format!("Listening on {scheme}://");
-            lines
-                .iter()
-                .find_map(|l| l.strip_prefix(&prefix))
-                .and_then(|rest| rest.split('/').next())
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no {scheme} address in {lines:?}"))
-        };
+        let address = |scheme: &str| listening_address(&lines, scheme);
         let (secret_id, secret_key) = qtask::credentials::read(&qtask::credentials::path(data_dir))
             .expect("the first start writes credentials");
         Self {
@@ -424,16 +395,21 @@ pub async fn app_with(names: &[&str], args: &[&str]) -> (TestApp, Vec<String>) {
 
 // ---- Key management (the hardening tests) ----
 
-/// Runs `qtask keys ARGS --data-dir DATA_DIR` beside the running server; returns stdout.
-pub fn qtask_keys(app: &TestApp, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_qtask"))
+/// Runs `qtask keys ARGS --data-dir DATA_DIR` beside the running server.
+pub fn run_keys(app: &TestApp, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_qtask"))
         .arg("keys")
         .args(args)
         .arg("--data-dir")
         .arg(&app.data_dir)
         .env("QTASK_LOG", "warn")
         .output()
-        .expect("qtask keys runs");
+        .expect("qtask keys runs")
+}
+
+/// Runs `qtask keys ARGS` and expects it to succeed; returns stdout.
+pub fn qtask_keys(app: &TestApp, args: &[&str]) -> String {
+    let output = run_keys(app, args);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -475,4 +451,43 @@ pub fn assert_code(answer: &Value, code: u64, code_desc: &str, fragments: &[&str
     for fragment in fragments {
         assert!(message.contains(fragment), "no {fragment:?} in {answer}");
     }
+}
+
+/// Collects a starting server's stdout lines and waits until it prints `Ready.`;
+/// kills it and fails the test if it does not within [`DEADLINE`].
+pub fn wait_ready(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let ready = line.starts_with("Ready.");
+                output.lock().unwrap().push(line);
+                if ready {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+    }
+    if ready_rx.recv_timeout(DEADLINE).is_err() {
+        let _ = child.kill();
+        panic!(
+            "qtask did not become ready; it printed: {:?}",
+            output.lock().unwrap()
+        );
+    }
+    output
+}
+
+/// The address a server printed for `scheme` ("Listening on http://…").
+pub fn listening_address(lines: &[String], scheme: &str) -> SocketAddr {
+    let prefix = format!("Listening on {scheme}://");
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no {scheme} address in {lines:?}"))
 }

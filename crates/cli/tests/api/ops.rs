@@ -6,7 +6,6 @@ use qtask::client::{Client, ClientConfig};
 use qtask_protocol::signature::{HttpMethod, SignatureMethod};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -422,33 +421,8 @@ impl LoggedServer {
             .stderr(log_file)
             .spawn()
             .expect("the qtask binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    let ready = line.starts_with("Ready.");
-                    lines.lock().unwrap().push(line);
-                    if ready {
-                        let _ = ready_tx.send(());
-                    }
-                }
-            });
-        }
-        if ready_rx.recv_timeout(DEADLINE).is_err() {
-            let _ = child.kill();
-            panic!("qtask did not become ready: {:?}", lines.lock().unwrap());
-        }
-        let http = lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find_map(|l| l.strip_prefix("Listening on http://"))
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .expect("an http address");
+        let lines = wait_ready(&mut child);
+        let http = listening_address(&lines.lock().unwrap(), "http");
         Self {
             child,
             http,
