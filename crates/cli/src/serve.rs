@@ -37,7 +37,7 @@ pub async fn open_store(
     credentials::create_private_dir(data_dir)?;
     let master_key = keys::master_key(data_dir, master_key_file)?;
     let path = data_dir.join(DATABASE_FILE);
-    let store = SqliteStore::open(&path)
+    let store = qtask_store_sqlite::open(&path)
         .with_context(|| format!("cannot open the store {}", path.display()))?
         .with_master_key(master_key);
     let sealed = store.seal_plaintext_keys().await?;

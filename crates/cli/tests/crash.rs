@@ -424,9 +424,8 @@ async fn nothing_acknowledged_is_lost_and_no_task_runs_twice_across_kills() {
 
     let status = app.terminate();
     assert!(status.success(), "the graceful stop failed: {status}");
-    let store =
-        qtask_store_sqlite::SqliteStore::open(&app.data_dir.join(qtask::serve::DATABASE_FILE))
-            .expect("the store opens");
+    let store = qtask_store_sqlite::open(&app.data_dir.join(qtask::serve::DATABASE_FILE))
+        .expect("the store opens");
     let stats = store.stats().await.expect("the store's stats");
     let journal =
         Journal::parse(&std::fs::read_to_string(&journal_path).expect("the journal is readable"));

@@ -16,7 +16,7 @@ use qtask_store::{
     CancelOutcome, ClaimedTask, Lease, NewResource, NonceClaim, OnBusy, PlannedTask, Runnable,
     Store, Submission, Submitted, Target, TaskOutcome, TaskRecord,
 };
-use qtask_store_sqlite::SqliteStore;
+
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,8 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("q.db")).unwrap());
+    let store: Arc<dyn Store> =
+        Arc::new(qtask_store_sqlite::open(&dir.path().join("q.db")).unwrap());
     let account = store.create_account("test", 0).await.unwrap();
     Fixture {
         _dir: dir,

@@ -2030,6 +2030,23 @@ pub async fn recover_requeues_running_tasks(store: &dyn Store) {
     claim(store, running, T0 + 6).await;
     finish(store, finished, success(), T0 + 7).await;
 
+    if store.shared() {
+        // Other nodes may be running tasks: recovery leaves RUNNING tasks to rescue.
+        let now = T0 + 100;
+        assert_eq!(
+            due_by(&recover(store, now).await, now),
+            vec![queued, other, last],
+            "a shared store recovers only the queued tasks"
+        );
+        let still = must_task(store, a, running).await;
+        assert_eq!(
+            still.state,
+            TaskState::Running,
+            "a running task is left alone"
+        );
+        assert!(still.run.lease.is_some(), "with its lease");
+        return;
+    }
     let unfinished = vec![queued, running, other, last];
     for attempt in 1..=2 {
         let now = T0 + 100 * i64::from(attempt);
@@ -2197,7 +2214,16 @@ where
     );
 
     assert_eq!(fenced_completions(&store).await, 1, "the refusal count");
-    let unfinished = due_by(&recover(&store, T0 + 5).await, T0 + 5);
+    // A shared store leaves the task that was running to rescue, once its lease (taken
+    // at T0 + 2) has expired; an exclusive one requeues it at once.
+    let now = if store.shared() {
+        let now = T0 + 2 + LEASE_MS + 1;
+        store.rescue(now, vec![]).await.expect("rescue");
+        now
+    } else {
+        T0 + 5
+    };
+    let unfinished = due_by(&recover(&store, now).await, now);
     let expected: Vec<RequestId> = tasks_before
         .items
         .iter()
@@ -2216,7 +2242,7 @@ where
         TaskState::Queued,
         "the task that was running is queued again"
     );
-    let second_claim = claim(&store, tasks[0], T0 + 6).await;
+    let second_claim = claim(&store, tasks[0], now + 1).await;
     assert!(
         second_claim.fence > first_claim.fence,
         "fences keep growing across a reopen: {} then {}",
@@ -2888,16 +2914,31 @@ pub async fn recover_returns_only_the_heads_of_resource_queues(store: &dyn Store
 
     let now = T0 + 100;
     let recovered = recover(store, now).await;
+    // A shared store leaves the running task to rescue (other nodes may run it).
+    let heads = if store.shared() {
+        vec![queued, retrying]
+    } else {
+        vec![queued, running, retrying]
+    };
     assert_eq!(
         recovered.iter().map(|r| r.task).collect::<Vec<_>>(),
-        vec![queued, running, retrying],
+        heads,
         "the heads, in ID order: {recovered:?}"
     );
-    assert_eq!(due_by(&recovered[..2], now), vec![queued, running]);
+    let due = recovered.len() - 1;
+    assert_eq!(due_by(&recovered[..due], now), heads[..due].to_vec());
     assert_eq!(
-        recovered[2],
+        recovered[due],
         runnable(retrying, backoff),
         "its backoff is kept"
+    );
+    let ready = store.ready(100).await.expect("ready");
+    assert_eq!(ready, recovered, "ready lists the same heads");
+    let first = store.ready(1).await.expect("ready");
+    assert_eq!(
+        first,
+        recovered[..1].to_vec(),
+        "at most the limit, oldest first"
     );
     for (task, ahead) in [(behind_queued, queued), (behind_running, running)] {
         let record = must_task(store, a, task).await;
@@ -2907,7 +2948,12 @@ pub async fn recover_returns_only_the_heads_of_resource_queues(store: &dyn Store
             "task {task} still waits"
         );
     }
-    assert_eq!(must_task(store, a, running).await.state, TaskState::Queued);
+    let expected = if store.shared() {
+        TaskState::Running
+    } else {
+        TaskState::Queued
+    };
+    assert_eq!(must_task(store, a, running).await.state, expected);
 }
 
 /// A completion racing a rescue of the same expired lease: exactly one wins. Either the
@@ -5294,4 +5340,90 @@ pub async fn concurrent_submits_stay_within_the_unfinished_task_limit(store: Arc
         }
     }
     assert_eq!(accepted, 3, "exactly the limit");
+}
+
+/// One test per behaviour of the suite, for a backend's test file: `conformance_tests!(fresh)`
+/// where `async fn fresh() -> (Guard, S)` gives a fresh, empty store `S: Store` and what must
+/// outlive it (a temporary directory, a database schema). The behaviours that spawn many
+/// calls at once run on the multi-threaded runtime. Every backend runs the same list.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($fresh:path) => {
+        $crate::conformance_tests!(@each $fresh; keys_keep_their_access_and_accounts_can_be_blocked,
+            submit_refuses_what_would_exceed_the_account_limits,
+            submit_commits_queued_tasks_and_marks_resources_busy,
+            submit_refuses_missing_foreign_and_other_region_resources,
+            submit_refuses_busy_resources_naming_the_unfinished_task,
+            submit_refuses_wrong_state_listing_the_allowed_states,
+            submit_reports_outcomes_in_task_order,
+            submit_creates_a_group_only_when_a_task_is_accepted,
+            submit_create_inserts_the_resource_busy,
+            duplicate_resource_rolls_back_the_whole_submission,
+            record_nonce_tells_fresh_resent_and_reused,
+            submit_resend_gets_the_stored_answer,
+            submit_refuses_a_nonce_a_query_used,
+            client_token_repeats_the_first_answer,
+            client_token_with_other_parameters_is_refused,
+            client_tokens_are_per_account,
+            client_token_is_forgotten_after_its_window,
+            claim_starts_a_queued_task_once,
+            complete_success_applies_the_effect,
+            complete_failure_restores_the_state,
+            complete_ignores_tasks_that_are_not_running,
+            recover_requeues_running_tasks,
+            fences_grow_with_every_claim,
+            renew_needs_the_current_fence,
+            a_stale_fence_cannot_complete,
+            retry_requeues_the_task_after_its_backoff,
+            rescue_requeues_expired_leases_not_kept,
+            a_rescued_task_with_a_cancel_request_ends_canceled,
+            a_released_task_with_a_cancel_request_hands_on_its_resource,
+            release_puts_a_running_task_back,
+            recover_returns_only_the_heads_of_resource_queues,
+            queued_tasks_wait_behind_a_busy_resource,
+            the_queue_moves_on_when_the_head_succeeds,
+            a_failed_head_cancels_the_tasks_waiting_behind_it,
+            a_precondition_failing_at_promotion_fails_the_task,
+            cancel_before_start_ends_the_task,
+            cancel_while_running_is_a_request,
+            cancel_of_a_final_task_is_too_late,
+            cancel_of_a_group_cancels_each_task,
+            cancel_finds_only_the_accounts_tasks,
+            cancel_of_a_waiting_task_leaves_the_head_alone,
+            a_canceled_creation_leaves_the_failure_state,
+            purge_deletes_finished_tasks_in_batches,
+            purge_deletes_expired_nonces_and_old_client_tokens,
+            purge_deletes_idle_resources_of_a_kind_and_state,
+            stats_count_tasks_by_state,
+            queue_summary_counts_ready_tasks_and_the_oldest_wait,
+            task_and_group_reads_are_account_scoped,
+            task_listing_filters_and_pages,
+            resource_listing_filters_and_pages,
+            resource_listing_shows_the_latest_operation,
+            listings_page_through_equal_creation_times_once,
+            accounts_and_keys,
+            audit_log_lists_an_accounts_entries_newest_first,
+        );
+        $crate::conformance_tests!(@concurrent $fresh; concurrent_submits_stay_within_the_unfinished_task_limit,
+            concurrent_submits_all_commit_with_distinct_ids,
+            a_failing_submit_does_not_disturb_concurrent_ones,
+            concurrent_submits_on_one_resource_accept_exactly_one,
+            concurrent_claims_have_one_winner,
+            a_completion_racing_a_rescue_counts_once,
+        );
+    };
+    (@each $fresh:path; $($behaviour:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $behaviour() {
+            let (_guard, store) = $fresh().await;
+            $crate::conformance::$behaviour(&store).await;
+        }
+    )*};
+    (@concurrent $fresh:path; $($behaviour:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $behaviour() {
+            let (_guard, store) = $fresh().await;
+            $crate::conformance::$behaviour(std::sync::Arc::new(store)).await;
+        }
+    )*};
 }

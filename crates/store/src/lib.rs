@@ -107,9 +107,33 @@ pub trait Store: AuditLog + Send + Sync + 'static {
     /// in `keep` (tasks this process still runs); returns them.
     async fn rescue(&self, now: UnixMillis, keep: Vec<RequestId>) -> StoreResult<Vec<Runnable>>;
 
-    /// At start-up, with the store held exclusively: puts every RUNNING task back to
-    /// QUEUED and returns every runnable QUEUED task in submission order.
+    /// At start-up: returns every QUEUED task at the head of its resource's queue, in
+    /// submission order. On a store this process holds alone it first puts every
+    /// RUNNING task back to QUEUED; on a shared one, rescue takes back the tasks of
+    /// nodes that died, once their leases expire.
     async fn recover(&self, now: UnixMillis) -> StoreResult<Vec<Runnable>>;
+
+    /// Up to `limit` QUEUED tasks at the head of their resource's queue (due now or
+    /// later), oldest first: what a node with idle workers may claim.
+    async fn ready(&self, limit: u32) -> StoreResult<Vec<Runnable>>;
+
+    // --- several nodes on one database ---
+
+    /// Whether other qtask nodes may use the same database.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Whether this node should run the background maintenance (rescue, retention) now:
+    /// always on an exclusive store; on a shared one, exactly one node at a time.
+    async fn lead_maintenance(&self) -> StoreResult<bool> {
+        Ok(true)
+    }
+
+    /// On a shared store: notified when another node committed runnable tasks.
+    fn ready_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 
     /// Cancels the task `id`, or every unfinished task of the group `id`. `None` when
     /// the account has no such task or group.

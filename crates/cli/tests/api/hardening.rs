@@ -375,7 +375,7 @@ async fn keys_stored_in_plain_text_are_sealed_at_the_next_start() {
     let plain = "plain-canary-0123456789abcdefghij";
     {
         // A store without the master key writes keys as given (an older qtask).
-        let store = qtask_store_sqlite::SqliteStore::open(&app.data_dir.join("qtask.db")).unwrap();
+        let store = qtask_store_sqlite::open(&app.data_dir.join("qtask.db")).unwrap();
         let account = store.account_by_name("default").await.unwrap().unwrap();
         store
             .create_key(

@@ -2,9 +2,15 @@
 //! every job waiting (up to [`MAX_BATCH`]), runs each in its own savepoint inside one
 //! transaction, commits once — one fsync for the whole group — and only then answers
 //! each caller. A job that fails rolls back to its savepoint without touching the others.
+//!
+//! On a database several qtask nodes share, each batch first takes the cluster-wide
+//! write lock (see [`WriteConn::begin`]), so batches from different nodes never
+//! interleave: every guarantee of the single-node store (nonces, client tokens, one
+//! task at a time per resource, fencing) holds across nodes without per-row locking.
 
+use crate::args;
+use crate::sql::{Db, Row};
 use qtask_store::{StoreError, StoreResult};
-use r2d2_sqlite::rusqlite::{self, Connection};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
@@ -13,8 +19,25 @@ use tokio::sync::oneshot;
 /// enough that one commit never holds callers for long.
 pub const MAX_BATCH: usize = 512;
 
+/// The write connection of a backend.
+pub trait WriteConn: Db + Send + 'static {
+    /// Opens a batch's transaction. On a shared database it also takes the
+    /// cluster-wide write lock, held until commit or rollback.
+    fn begin(&mut self) -> StoreResult<()>;
+    fn commit(&mut self) -> StoreResult<()>;
+    fn rollback(&mut self);
+    /// Whether other processes write the same database (the counters must then be
+    /// read again in every batch, under the write lock).
+    fn shared(&self) -> bool;
+    /// Inside the open transaction: tells the other nodes, on commit, that tasks
+    /// became runnable (a shared database; nothing to do on an exclusive one).
+    fn notify_ready(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
 /// A counter kept in the writer and persisted in `meta` with each batch that used it,
-/// so allocating never costs a read.
+/// so allocating costs no statement of its own.
 struct Counter {
     key: &'static str,
     next: u64,
@@ -22,12 +45,12 @@ struct Counter {
 }
 
 impl Counter {
-    fn load(conn: &Connection, key: &'static str) -> StoreResult<Self> {
-        let next = conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(backend)? as u64;
+    fn load(db: &mut dyn Db, key: &'static str) -> StoreResult<Self> {
+        let next: u64 = db.query_one(
+            "SELECT value FROM meta WHERE key = ?1",
+            args![key],
+            |r: &Row| r.get(0),
+        )?;
         Ok(Self {
             key,
             next,
@@ -41,11 +64,12 @@ impl Counter {
         value
     }
 
-    fn persist(&self, conn: &Connection) -> StoreResult<()> {
+    fn persist(&self, db: &mut dyn Db) -> StoreResult<()> {
         if self.next != self.persisted {
-            conn.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")
-                .and_then(|mut s| s.execute(rusqlite::params![self.key, self.next as i64]))
-                .map_err(backend)?;
+            db.execute(
+                "UPDATE meta SET value = ?2 WHERE key = ?1",
+                args![self.key, self.next],
+            )?;
         }
         Ok(())
     }
@@ -57,9 +81,19 @@ pub struct WriterState {
     ids: Counter,
     /// Fencing tokens: each claim draws one larger than all before.
     fences: Counter,
+    /// Set by a job that made tasks runnable: a shared database tells the other nodes.
+    pub(crate) woke_tasks: bool,
 }
 
 impl WriterState {
+    fn load(db: &mut dyn Db) -> StoreResult<Self> {
+        Ok(Self {
+            ids: Counter::load(db, "next_id")?,
+            fences: Counter::load(db, "next_fence")?,
+            woke_tasks: false,
+        })
+    }
+
     pub fn allocate_id(&mut self) -> u64 {
         self.ids.allocate()
     }
@@ -68,9 +102,9 @@ impl WriterState {
         self.fences.allocate()
     }
 
-    fn persist(&self, conn: &Connection) -> StoreResult<()> {
-        self.ids.persist(conn)?;
-        self.fences.persist(conn)
+    fn persist(&self, db: &mut dyn Db) -> StoreResult<()> {
+        self.ids.persist(db)?;
+        self.fences.persist(db)
     }
 
     fn committed(&mut self) {
@@ -83,7 +117,7 @@ impl WriterState {
 type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 /// Runs the job's operation (when the flag says the transaction is open) and returns
 /// how to answer its caller.
-type Job = Box<dyn FnOnce(&Connection, &mut WriterState, bool) -> Finish + Send>;
+type Job = Box<dyn FnOnce(&mut dyn Db, &mut WriterState, bool) -> Finish + Send>;
 
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -92,29 +126,26 @@ pub struct WriterHandle {
 
 impl WriterHandle {
     /// Starts the writer thread on `conn`.
-    pub fn spawn(conn: Connection) -> StoreResult<(Self, std::thread::JoinHandle<()>)> {
-        let state = WriterState {
-            ids: Counter::load(&conn, "next_id")?,
-            fences: Counter::load(&conn, "next_fence")?,
-        };
+    pub fn spawn<C: WriteConn>(mut conn: C) -> StoreResult<Self> {
+        let state = WriterState::load(&mut conn)?;
         let (jobs, inbox) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("qtask-store-writer".into())
             .spawn(move || run(conn, state, inbox))
             .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?;
-        Ok((Self { jobs }, thread))
+        Ok(Self { jobs })
     }
 
     /// Runs `op` in the next group commit and answers once it is durable.
     pub async fn write<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut WriterState) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn, state, run| {
+        let job: Job = Box::new(move |db, state, run| {
             let result = if run {
-                in_savepoint(conn, state, op)
+                in_savepoint(db, state, op)
             } else {
                 Err(StoreError::Backend(
                     "not run: the transaction did not start".into(),
@@ -137,23 +168,39 @@ impl WriterHandle {
 }
 
 fn in_savepoint<T>(
-    conn: &Connection,
+    db: &mut dyn Db,
     state: &mut WriterState,
-    op: impl FnOnce(&Connection, &mut WriterState) -> StoreResult<T>,
+    op: impl FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    conn.execute_batch("SAVEPOINT job").map_err(backend)?;
-    let result = catch_unwind(AssertUnwindSafe(|| op(conn, state)))
+    db.batch("SAVEPOINT job")?;
+    let result = catch_unwind(AssertUnwindSafe(|| op(&mut *db, state)))
         .unwrap_or_else(|_| Err(StoreError::Backend("a store operation panicked".into())));
     let end = if result.is_ok() {
-        "RELEASE job"
+        "RELEASE SAVEPOINT job"
     } else {
-        "ROLLBACK TO job; RELEASE job"
+        "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"
     };
-    conn.execute_batch(end).map_err(backend)?;
+    db.batch(end)?;
     result
 }
 
-fn run(conn: Connection, mut state: WriterState, inbox: mpsc::Receiver<Job>) {
+/// Opens the batch's transaction and, on a shared database, reads the counters other
+/// nodes may have moved.
+fn begin<C: WriteConn>(conn: &mut C, state: &mut WriterState) -> StoreResult<()> {
+    conn.begin()?;
+    if conn.shared() {
+        match WriterState::load(conn) {
+            Ok(fresh) => *state = fresh,
+            Err(e) => {
+                conn.rollback();
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run<C: WriteConn>(mut conn: C, mut state: WriterState, inbox: mpsc::Receiver<Job>) {
     while let Ok(first) = inbox.recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
@@ -163,29 +210,36 @@ fn run(conn: Connection, mut state: WriterState, inbox: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let error = backend(e);
+        if let Err(error) = begin(&mut conn, &mut state) {
             tracing::error!(%error, "store writer cannot begin a transaction");
             for job in batch {
                 // The job does not run; its caller gets the error.
-                job(&conn, &mut state, false)(Err(&error));
+                job(&mut conn, &mut state, false)(Err(&error));
             }
             continue;
         }
+        state.woke_tasks = false;
         let finishes: Vec<Finish> = batch
             .into_iter()
-            .map(|job| job(&conn, &mut state, true))
+            .map(|job| job(&mut conn, &mut state, true))
             .collect();
         let commit = state
-            .persist(&conn)
-            .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
+            .persist(&mut conn)
+            .and_then(|()| {
+                if state.woke_tasks {
+                    conn.notify_ready()
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| conn.commit());
         match &commit {
             Ok(()) => state.committed(),
             Err(error) => {
                 tracing::error!(%error, jobs = finishes.len(), "store commit failed");
                 // The counters keep counting from what was allocated: gaps are
                 // harmless, reuse is not.
-                let _ = conn.execute_batch("ROLLBACK");
+                conn.rollback();
             }
         }
         for finish in finishes {
@@ -195,6 +249,5 @@ fn run(conn: Connection, mut state: WriterState, inbox: mpsc::Receiver<Job>) {
     tracing::debug!("store writer stopped");
 }
 
-pub fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
+/// The prefix of the channel on which a shared database announces runnable tasks.
+pub const READY_CHANNEL: &str = "qtask_ready";

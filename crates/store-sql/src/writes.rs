@@ -1,17 +1,18 @@
 //! Write operations. Each runs inside the writer's transaction, in its own savepoint.
 
-use crate::reads::{task_from_row, TASK_COLUMNS};
-use crate::writer::{backend, WriterState};
+use crate::args;
+use crate::reads::{stored_id, task_from_row, TASK_COLUMNS};
+use crate::sql::{Db, Row};
+use crate::writer::WriterState;
 use qtask_core::{
     AccountId, Effect, Rejection, RequestId, ResourceState, SecretId, TaskError, TaskState,
     UnixMillis,
 };
 use qtask_store::*;
-use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
-pub fn record_nonce(conn: &Connection, claim: &NonceClaim) -> StoreResult<NonceOutcome> {
-    match insert_nonce(conn, claim)? {
+pub fn record_nonce(db: &mut dyn Db, claim: &NonceClaim) -> StoreResult<NonceOutcome> {
+    match insert_nonce(db, claim)? {
         None => Ok(NonceOutcome::Fresh),
         Some(answer) => Ok(NonceOutcome::Resent { answer }),
     }
@@ -19,33 +20,25 @@ pub fn record_nonce(conn: &Connection, claim: &NonceClaim) -> StoreResult<NonceO
 
 /// Inserts the nonce. `None` when it is new; `Some(answer)` when the very same request
 /// (same signature) was seen before; an error when another request used it.
-fn insert_nonce(conn: &Connection, claim: &NonceClaim) -> StoreResult<Option<Option<String>>> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO nonces (secret_id, nonce, expires_at, signature) VALUES (?1, ?2, ?3, ?4)
+fn insert_nonce(db: &mut dyn Db, claim: &NonceClaim) -> StoreResult<Option<Option<String>>> {
+    let inserted = db.execute(
+        "INSERT INTO nonces (secret_id, nonce, expires_at, signature) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT DO NOTHING",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                claim.secret_id.as_str(),
-                claim.nonce.get() as i64,
-                claim.expires_at,
-                claim.signature
-            ])
-        })
-        .map_err(backend)?;
+        args![
+            claim.secret_id.as_str(),
+            claim.nonce.get() as i64,
+            claim.expires_at,
+            claim.signature
+        ],
+    )?;
     if inserted == 1 {
         return Ok(None);
     }
-    let (signature, answer): (String, Option<String>) = conn
-        .prepare_cached("SELECT signature, answer FROM nonces WHERE secret_id = ?1 AND nonce = ?2")
-        .and_then(|mut s| {
-            s.query_row(
-                params![claim.secret_id.as_str(), claim.nonce.get() as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-        })
-        .map_err(backend)?;
+    let (signature, answer): (String, Option<String>) = db.query_one(
+        "SELECT signature, answer FROM nonces WHERE secret_id = ?1 AND nonce = ?2",
+        args![claim.secret_id.as_str(), claim.nonce.get() as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     if signature == claim.signature {
         Ok(Some(answer))
     } else {
@@ -57,7 +50,7 @@ fn insert_nonce(conn: &Connection, claim: &NonceClaim) -> StoreResult<Option<Opt
 }
 
 pub fn submit(
-    conn: &Connection,
+    db: &mut dyn Db,
     ids: &mut WriterState,
     submission: Submission,
 ) -> StoreResult<Submitted> {
@@ -74,7 +67,7 @@ pub fn submit(
         limits,
     } = submission;
 
-    if let Some(resent) = insert_nonce(conn, &nonce)? {
+    if let Some(resent) = insert_nonce(db, &nonce)? {
         return match resent {
             Some(answer) => Ok(Submitted::Repeated { answer }),
             // The same signature on a request that stored no answer cannot be this
@@ -86,8 +79,8 @@ pub fn submit(
         };
     }
     if let Some(key) = &idempotency {
-        if let Some(first_answer) = earlier_answer(conn, account, key)? {
-            store_answer(conn, &nonce, &first_answer)?;
+        if let Some(first_answer) = earlier_answer(db, account, key)? {
+            store_answer(db, &nonce, &first_answer)?;
             return Ok(Submitted::Repeated {
                 answer: first_answer,
             });
@@ -100,7 +93,7 @@ pub fn submit(
     for planned in &tasks {
         let resource = planned.target.resource_id().clone();
         let outcome = plan_one(
-            conn,
+            db,
             ids,
             account,
             region.as_str(),
@@ -124,27 +117,27 @@ pub fn submit(
         .iter()
         .zip(&accepted)
         .any(|(planned, ok)| *ok && matches!(planned.target, Target::Create(_)));
-    check_limits(conn, account, limits, accepted.contains(&true), created)?;
+    check_limits(db, account, limits, accepted.contains(&true), created)?;
     let report = SubmitReport {
         group: group.filter(|_| outcomes.iter().any(|(_, o)| o.is_ok())),
         outcomes,
     };
     if let Some(group) = report.group {
-        conn.prepare_cached(
+        db.execute(
             "INSERT INTO task_groups (id, account_id, action, created_at) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .and_then(|mut s| s.execute(params![group.get() as i64, account.0, action, now]))
-        .map_err(backend)?;
+            args![group.get() as i64, account.0, action, now],
+        )?;
     }
     let answer = answer(&report);
-    store_answer(conn, &nonce, &answer)?;
+    store_answer(db, &nonce, &answer)?;
     if let Some(key) = &idempotency {
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO client_tokens (account_id, token, fingerprint, answer, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .and_then(|mut s| s.execute(params![account.0, key.token, key.fingerprint, answer, now]))
-        .map_err(backend)?;
+        db.execute(
+            "INSERT INTO client_tokens (account_id, token, fingerprint, answer, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (account_id, token) DO UPDATE SET fingerprint = excluded.fingerprint,
+                 answer = excluded.answer, created_at = excluded.created_at",
+            args![account.0, key.token, key.fingerprint, answer, now],
+        )?;
     }
     Ok(Submitted::New {
         report,
@@ -154,22 +147,16 @@ pub fn submit(
 }
 
 fn earlier_answer(
-    conn: &Connection,
+    db: &mut dyn Db,
     account: AccountId,
     key: &IdempotencyKey,
 ) -> StoreResult<Option<String>> {
-    let found: Option<(String, String)> = conn
-        .prepare_cached(
-            "SELECT fingerprint, answer FROM client_tokens
+    let found: Option<(String, String)> = db.query_opt(
+        "SELECT fingerprint, answer FROM client_tokens
              WHERE account_id = ?1 AND token = ?2 AND created_at >= ?3",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![account.0, key.token, key.valid_from], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-        })
-        .map_err(backend)?;
+        args![account.0, key.token, key.valid_from],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     match found {
         None => Ok(None),
         Some((fingerprint, answer)) if fingerprint == key.fingerprint => Ok(Some(answer)),
@@ -179,16 +166,11 @@ fn earlier_answer(
     }
 }
 
-fn store_answer(conn: &Connection, nonce: &NonceClaim, answer: &str) -> StoreResult<()> {
-    conn.prepare_cached("UPDATE nonces SET answer = ?3 WHERE secret_id = ?1 AND nonce = ?2")
-        .and_then(|mut s| {
-            s.execute(params![
-                nonce.secret_id.as_str(),
-                nonce.nonce.get() as i64,
-                answer
-            ])
-        })
-        .map_err(backend)?;
+fn store_answer(db: &mut dyn Db, nonce: &NonceClaim, answer: &str) -> StoreResult<()> {
+    db.execute(
+        "UPDATE nonces SET answer = ?3 WHERE secret_id = ?1 AND nonce = ?2",
+        args![nonce.secret_id.as_str(), nonce.nonce.get() as i64, answer],
+    )?;
     Ok(())
 }
 
@@ -196,7 +178,7 @@ fn store_answer(conn: &Connection, nonce: &NonceClaim, answer: &str) -> StoreRes
 /// `Ok((task, false))` when it waits behind the resource's unfinished tasks.
 #[allow(clippy::too_many_arguments)]
 fn plan_one(
-    conn: &Connection,
+    db: &mut dyn Db,
     ids: &mut WriterState,
     account: AccountId,
     region: &str,
@@ -208,17 +190,11 @@ fn plan_one(
     let mut waits = false;
     let prior_state = match &planned.target {
         Target::Existing { id, allowed } => {
-            let found: Option<(i64, String, String, Option<i64>)> = conn
-                .prepare_cached(
-                    "SELECT account_id, region, state, active_task FROM resources WHERE id = ?1",
-                )
-                .and_then(|mut s| {
-                    s.query_row([id.as_str()], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })
-                    .optional()
-                })
-                .map_err(backend)?;
+            let found: Option<(i64, String, String, Option<i64>)> = db.query_opt(
+                "SELECT account_id, region, state, active_task FROM resources WHERE id = ?1",
+                args![id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
             let Some((owner, resource_region, state, active)) = found else {
                 return Ok(Err(Rejection::NotFound));
             };
@@ -230,10 +206,11 @@ fn plan_one(
                 // Its precondition is checked when it reaches the head of the queue.
                 waits = true;
             } else if let Some(active) = active {
-                let active_action: String = conn
-                    .prepare_cached("SELECT action FROM tasks WHERE id = ?1")
-                    .and_then(|mut s| s.query_row([active], |r| r.get(0)))
-                    .map_err(backend)?;
+                let active_action: String = db.query_one(
+                    "SELECT action FROM tasks WHERE id = ?1",
+                    args![active],
+                    |r| r.get(0),
+                )?;
                 return Ok(Err(Rejection::Busy {
                     task: RequestId::new(active as u64)
                         .map_err(|e| StoreError::Backend(e.to_string()))?,
@@ -262,50 +239,40 @@ fn plan_one(
     let task_id = task.get() as i64;
     match &planned.target {
         Target::Existing { id, .. } if waits => {
-            conn.prepare_cached("UPDATE resources SET last_task = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id.as_str(), task_id]))
-                .map_err(backend)?;
+            db.execute(
+                "UPDATE resources SET last_task = ?2 WHERE id = ?1",
+                args![id.as_str(), task_id],
+            )?;
         }
         Target::Existing { id, .. } => {
             let shown = planned.effect.transitional.as_ref().unwrap_or(&prior_state);
-            conn.prepare_cached(
+            db.execute(
                 "UPDATE resources SET state = ?2, active_task = ?3, last_task = ?3, updated_at = ?4
                  WHERE id = ?1",
-            )
-            .and_then(|mut s| s.execute(params![id.as_str(), shown.as_str(), task_id, now]))
-            .map_err(backend)?;
+                args![id.as_str(), shown.as_str(), task_id, now],
+            )?;
         }
         Target::Create(new) => {
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT INTO resources (id, account_id, kind, region, state, attrs, created_at, active_task, last_task, updated_at)
+            let inserted = db.execute(
+"INSERT INTO resources (id, account_id, kind, region, state, attrs, created_at, active_task, last_task, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?7) ON CONFLICT DO NOTHING",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        new.id.as_str(),
+args![new.id.as_str(),
                         account.0,
                         new.kind,
                         region,
                         new.state.as_str(),
                         Value::Object(new.attrs.clone()).to_string(),
                         now,
-                        task_id
-                    ])
-                })
-                .map_err(backend)?;
+                        task_id])?;
             if inserted == 0 {
                 return Err(StoreError::DuplicateResource(new.id.clone()));
             }
         }
     }
-    conn.prepare_cached(
-        "INSERT INTO tasks (id, account_id, group_id, action, resource_id, region, params, effect, prior_state, state, created_at, allowed)
+    db.execute(
+"INSERT INTO tasks (id, account_id, group_id, action, resource_id, region, params, effect, prior_state, state, created_at, allowed)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'QUEUED', ?10, ?11)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            task_id,
+args![task_id,
             account.0,
             group.map(|g| g.get() as i64),
             action,
@@ -315,52 +282,43 @@ fn plan_one(
             effect_to_json(&planned.effect).to_string(),
             prior_state.as_str(),
             now,
-            allowed
-        ])
-    })
-    .map_err(backend)?;
+            allowed])?;
     Ok(Ok((task, !waits)))
 }
 
 pub fn claim(
-    conn: &Connection,
+    db: &mut dyn Db,
     state: &mut WriterState,
     task: RequestId,
     lease: &Lease,
 ) -> StoreResult<Option<ClaimedTask>> {
     let fence = state.allocate_fence();
     // Only the head of its resource's queue, and only once its backoff has passed.
-    let claimed = conn
-        .prepare_cached(
-            "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
+    let claimed = db.query_opt(
+        "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
                  started_at = COALESCE(started_at, ?2), lease_owner = ?3,
                  lease_expires_at = ?4, fence = ?5
              WHERE id = ?1 AND state = 'QUEUED' AND not_before <= ?2
                AND id = (SELECT active_task FROM resources r WHERE r.id = tasks.resource_id)
              RETURNING resource_id",
-        )
-        .and_then(|mut s| {
-            s.query_row(
-                params![
-                    task.get() as i64,
-                    lease.now,
-                    lease.owner,
-                    lease.expires_at,
-                    fence as i64
-                ],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()
-        })
-        .map_err(backend)?;
+        args![
+            task.get() as i64,
+            lease.now,
+            lease.owner,
+            lease.expires_at,
+            fence as i64
+        ],
+        |r| r.get::<String>(0),
+    )?;
     let Some(resource) = claimed else {
         return Ok(None);
     };
-    let record = task_by_id(conn, task)?;
-    let attrs: String = conn
-        .prepare_cached("SELECT attrs FROM resources WHERE id = ?1")
-        .and_then(|mut s| s.query_row([resource], |r| r.get(0)))
-        .map_err(backend)?;
+    let record = task_by_id(db, task)?;
+    let attrs: String = db.query_one(
+        "SELECT attrs FROM resources WHERE id = ?1",
+        args![resource],
+        |r| r.get(0),
+    )?;
     Ok(Some(ClaimedTask {
         task: record,
         fence,
@@ -368,31 +326,23 @@ pub fn claim(
     }))
 }
 
-fn task_by_id(conn: &Connection, task: RequestId) -> StoreResult<TaskRecord> {
+fn task_by_id(db: &mut dyn Db, task: RequestId) -> StoreResult<TaskRecord> {
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| s.query_row([task.get() as i64], task_from_row))
-        .map_err(backend)
+    db.query_one(&sql, args![task.get() as i64], task_from_row)
 }
 
 pub fn renew(
-    conn: &Connection,
+    db: &mut dyn Db,
     task: RequestId,
     fence: Fence,
     expires_at: UnixMillis,
 ) -> StoreResult<LeaseStatus> {
-    let held: Option<bool> = conn
-        .prepare_cached(
-            "UPDATE tasks SET lease_expires_at = ?3
+    let held: Option<bool> = db.query_opt(
+        "UPDATE tasks SET lease_expires_at = ?3
              WHERE id = ?1 AND fence = ?2 AND state = 'RUNNING' RETURNING cancel_requested",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![task.get() as i64, fence as i64, expires_at], |r| {
-                r.get(0)
-            })
-            .optional()
-        })
-        .map_err(backend)?;
+        args![task.get() as i64, fence as i64, expires_at],
+        |r| r.get(0),
+    )?;
     Ok(match held {
         Some(cancel_requested) => LeaseStatus::Held { cancel_requested },
         None => LeaseStatus::Lost,
@@ -413,30 +363,26 @@ struct Unfinished {
     attempts: u32,
 }
 
-fn unfinished(conn: &Connection, task: i64) -> StoreResult<Option<Unfinished>> {
-    let row = conn
-        .prepare_cached(
-            "SELECT account_id, resource_id, action, effect, prior_state, state, fence,
+fn unfinished(db: &mut dyn Db, task: i64) -> StoreResult<Option<Unfinished>> {
+    let row = db.query_opt(
+        "SELECT account_id, resource_id, action, effect, prior_state, state, fence,
                     cancel_requested, attempts
              FROM tasks WHERE id = ?1",
-        )
-        .and_then(|mut s| {
-            s.query_row([task], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, bool>(7)?,
-                    r.get::<_, u32>(8)?,
-                ))
-            })
-            .optional()
-        })
-        .map_err(backend)?;
+        args![task],
+        |r| {
+            Ok((
+                r.get::<i64>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+                r.get::<String>(4)?,
+                r.get::<String>(5)?,
+                r.get::<i64>(6)?,
+                r.get::<bool>(7)?,
+                r.get::<u32>(8)?,
+            ))
+        },
+    )?;
     row.map(
         |(
             account,
@@ -467,22 +413,21 @@ fn unfinished(conn: &Connection, task: i64) -> StoreResult<Option<Unfinished>> {
 }
 
 pub fn complete(
-    conn: &Connection,
+    db: &mut dyn Db,
     task: RequestId,
     fence: Fence,
     outcome: TaskOutcome,
     now: UnixMillis,
 ) -> StoreResult<Completion> {
-    let Some(found) = unfinished(conn, task.get() as i64)? else {
+    let Some(found) = unfinished(db, task.get() as i64)? else {
         return Err(StoreError::NotFound(format!("task {task}")));
     };
     if found.state != "RUNNING" || found.fence != fence as i64 {
         // A worker whose lease was taken over: its outcome must not count.
-        conn.execute(
+        db.execute(
             "UPDATE meta SET value = value + 1 WHERE key = 'fenced_completions'",
-            [],
-        )
-        .map_err(backend)?;
+            args![],
+        )?;
         tracing::warn!(%task, fence, current = found.fence, state = found.state,
             "refused the outcome of a worker that no longer holds the task");
         return Ok(Completion::Fenced);
@@ -498,18 +443,17 @@ pub fn complete(
         other => other,
     };
     if let TaskOutcome::Retry { error, not_before } = outcome {
-        conn.prepare_cached(
+        db.execute(
             "UPDATE tasks SET state = 'QUEUED', not_before = ?2, error_code = ?3,
                  error_message = ?4, lease_owner = NULL, lease_expires_at = NULL
              WHERE id = ?1",
-        )
-        .and_then(|mut s| s.execute(params![found.id, not_before, error.code, error.message]))
-        .map_err(backend)?;
+            args![found.id, not_before, error.code, error.message],
+        )?;
         return Ok(Completion::Recorded {
             runnable: vec![Runnable { task, not_before }],
         });
     }
-    let runnable = finish(conn, &found, Ending::from(outcome), now)?;
+    let runnable = finish(db, &found, Ending::from(outcome), now)?;
     Ok(Completion::Recorded { runnable })
 }
 
@@ -545,7 +489,7 @@ impl Ending {
 /// Makes a task final. If it held its resource, applies its effect and moves the
 /// resource's queue on; returns the task that can run next, if any.
 fn finish(
-    conn: &Connection,
+    db: &mut dyn Db,
     task: &Unfinished,
     ending: Ending,
     now: UnixMillis,
@@ -555,47 +499,48 @@ fn finish(
         Ending::Succeeded(result) => (None, result.as_ref().map(Value::to_string)),
         Ending::Failed(error) | Ending::Canceled(error) => (Some(error), None),
     };
-    conn.prepare_cached(
+    db.execute(
         "UPDATE tasks SET state = ?2, finished_at = ?3, error_code = ?4, error_message = ?5,
              result = ?6, lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
          WHERE id = ?1",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
+        args![
             task.id,
             state.as_str(),
             now,
             error.map(|e| e.code),
             error.map(|e| e.message.as_str()),
             result
-        ])
-    })
-    .map_err(backend)?;
+        ],
+    )?;
     let succeeded = state == TaskState::Succeeded;
     let final_state = task
         .effect
         .final_state(&ResourceState(task.prior_state.clone()), succeeded);
-    let patch = if succeeded && !task.effect.patch.is_empty() {
-        Some(Value::Object(task.effect.patch.clone()).to_string())
+    // Only while the task holds its resource: one that waited behind another never
+    // touched it.
+    let attrs: Option<String> = db.query_opt(
+        "SELECT attrs FROM resources WHERE id = ?1 AND active_task = ?2",
+        args![&task.resource, task.id],
+        |r: &Row| r.get(0),
+    )?;
+    let Some(attrs) = attrs else {
+        return Ok(Vec::new());
+    };
+    // Keyed changes are RFC 7396 merge patches, applied here so that changes to other
+    // entries committed meanwhile are kept.
+    let attrs = if succeeded && !task.effect.patch.is_empty() {
+        let mut merged = Value::Object(parse_object(&attrs)?);
+        json_patch::merge(&mut merged, &Value::Object(task.effect.patch.clone()));
+        Some(merged.to_string())
     } else {
         None
     };
-    let released = conn
-        .prepare_cached(
-            "UPDATE resources SET state = ?2, active_task = NULL, updated_at = ?5,
-                 attrs = CASE WHEN ?3 IS NULL THEN attrs ELSE json_patch(attrs, ?3) END
-             WHERE id = ?1 AND active_task = ?4",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                task.resource,
-                final_state.as_str(),
-                patch,
-                task.id,
-                now
-            ])
-        })
-        .map_err(backend)?;
+    let released = db.execute(
+        "UPDATE resources SET state = ?2, active_task = NULL, updated_at = ?5,
+             attrs = COALESCE(?3, attrs)
+         WHERE id = ?1 AND active_task = ?4",
+        args![&task.resource, final_state.as_str(), attrs, task.id, now],
+    )?;
     if released == 0 {
         // It was waiting behind another task: the queue is unchanged.
         return Ok(Vec::new());
@@ -606,7 +551,7 @@ fn finish(
             task.id, task.action, task.resource
         )
     });
-    advance_queue(conn, task.account, &task.resource, task.id, failure, now)
+    advance_queue(db, task.account, &task.resource, task.id, failure, now)
 }
 
 /// Hands a released resource to the next task waiting for it. After a failure the
@@ -614,7 +559,7 @@ fn finish(
 /// expecting the one ahead to succeed. A task whose precondition no longer holds fails
 /// (and so cancels the ones behind it).
 fn advance_queue(
-    conn: &Connection,
+    db: &mut dyn Db,
     account: i64,
     resource: &str,
     after: i64,
@@ -623,31 +568,26 @@ fn advance_queue(
 ) -> StoreResult<Vec<Runnable>> {
     let mut after = after;
     loop {
-        let next: Option<(i64, String, Option<String>, String)> = conn
-            .prepare_cached(
-                "SELECT id, action, allowed, effect FROM tasks
+        let next: Option<(i64, String, Option<String>, String)> = db.query_opt(
+            "SELECT id, action, allowed, effect FROM tasks
                  WHERE account_id = ?1 AND resource_id = ?2 AND id > ?3 AND state = 'QUEUED'
                  ORDER BY id LIMIT 1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![account, resource, after], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .optional()
-            })
-            .map_err(backend)?;
+            args![account, resource, after],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         let Some((next, action, allowed, effect)) = next else {
             return Ok(Vec::new());
         };
         after = next;
         if let Some(message) = &failure {
-            end_waiting(conn, next, TaskState::Canceled, message, now)?;
+            end_waiting(db, next, TaskState::Canceled, message, now)?;
             continue;
         }
-        let current: String = conn
-            .prepare_cached("SELECT state FROM resources WHERE id = ?1")
-            .and_then(|mut s| s.query_row([resource], |r| r.get(0)))
-            .map_err(backend)?;
+        let current: String = db.query_one(
+            "SELECT state FROM resources WHERE id = ?1",
+            args![resource],
+            |r| r.get(0),
+        )?;
         let allowed: Vec<String> = match allowed {
             Some(text) => serde_json::from_str(&text)
                 .map_err(|e| StoreError::Backend(format!("corrupt allowed states: {e}")))?,
@@ -659,7 +599,7 @@ fn advance_queue(
                  {action} needs it to be {}",
                 allowed.join(" or ")
             );
-            end_waiting(conn, next, TaskState::Failed, &message, now)?;
+            end_waiting(db, next, TaskState::Failed, &message, now)?;
             failure = Some(format!(
                 "canceled: task {next} ({action}) ahead of it on {resource} failed"
             ));
@@ -667,14 +607,14 @@ fn advance_queue(
         }
         let effect = effect_from_json(&effect)?;
         let shown = effect.transitional.map_or(current.clone(), |s| s.0);
-        conn.prepare_cached(
+        db.execute(
             "UPDATE resources SET state = ?2, active_task = ?3, updated_at = ?4 WHERE id = ?1",
-        )
-        .and_then(|mut s| s.execute(params![resource, shown, next, now]))
-        .map_err(backend)?;
-        conn.prepare_cached("UPDATE tasks SET prior_state = ?2 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![next, current]))
-            .map_err(backend)?;
+            args![resource, shown, next, now],
+        )?;
+        db.execute(
+            "UPDATE tasks SET prior_state = ?2 WHERE id = ?1",
+            args![next, current],
+        )?;
         return Ok(vec![Runnable {
             task: stored_id(next)?,
             not_before: now,
@@ -684,98 +624,88 @@ fn advance_queue(
 
 /// Ends a task that never held its resource.
 fn end_waiting(
-    conn: &Connection,
+    db: &mut dyn Db,
     task: i64,
     state: TaskState,
     message: &str,
     now: UnixMillis,
 ) -> StoreResult<()> {
-    conn.prepare_cached(
+    db.execute(
         "UPDATE tasks SET state = ?2, finished_at = ?3, error_code = ?4, error_message = ?5
          WHERE id = ?1",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
+        args![
             task,
             state.as_str(),
             now,
             TaskError::OPERATION_FAILED,
             message
-        ])
-    })
-    .map_err(backend)?;
+        ],
+    )?;
     Ok(())
 }
 
-fn stored_id(id: i64) -> StoreResult<RequestId> {
-    RequestId::new(id as u64).map_err(|e| StoreError::Backend(e.to_string()))
-}
-
 pub fn release(
-    conn: &Connection,
+    db: &mut dyn Db,
     task: RequestId,
     fence: Fence,
     now: UnixMillis,
 ) -> StoreResult<Option<Vec<Runnable>>> {
-    let Some(found) = unfinished(conn, task.get() as i64)? else {
+    let Some(found) = unfinished(db, task.get() as i64)? else {
         return Ok(None);
     };
     if found.state != "RUNNING" || found.fence != fence as i64 {
         return Ok(None);
     }
-    requeue(conn, &found, now).map(Some)
+    requeue(db, &found, now).map(Some)
 }
 
 /// Puts a RUNNING task back in the queue, runnable now; a task whose cancel was asked
 /// for ends CANCELED instead. Returns what can run.
-fn requeue(conn: &Connection, task: &Unfinished, now: UnixMillis) -> StoreResult<Vec<Runnable>> {
+fn requeue(db: &mut dyn Db, task: &Unfinished, now: UnixMillis) -> StoreResult<Vec<Runnable>> {
     if task.cancel_requested {
         let ending = Ending::Canceled(TaskError::operation_failed(
             "canceled: its worker stopped before it finished",
         ));
-        return finish(conn, task, ending, now);
+        return finish(db, task, ending, now);
     }
-    conn.prepare_cached(
+    db.execute(
         "UPDATE tasks SET state = 'QUEUED', not_before = ?2, lease_owner = NULL,
              lease_expires_at = NULL
          WHERE id = ?1",
-    )
-    .and_then(|mut s| s.execute(params![task.id, now]))
-    .map_err(backend)?;
+        args![task.id, now],
+    )?;
     Ok(vec![Runnable {
         task: stored_id(task.id)?,
         not_before: now,
     }])
 }
 
-pub fn rescue(
-    conn: &Connection,
-    now: UnixMillis,
-    keep: &[RequestId],
-) -> StoreResult<Vec<Runnable>> {
+pub fn rescue(db: &mut dyn Db, now: UnixMillis, keep: &[RequestId]) -> StoreResult<Vec<Runnable>> {
     let expired = ids_of(
-        conn,
+        db,
         "SELECT id FROM tasks WHERE state = 'RUNNING' AND lease_expires_at < ?1 ORDER BY id",
-        params![now],
+        args![now],
     )?;
     let mut runnable = Vec::new();
     for id in expired {
         if keep.iter().any(|k| k.get() as i64 == id) {
             continue;
         }
-        if let Some(task) = unfinished(conn, id)? {
+        if let Some(task) = unfinished(db, id)? {
             tracing::warn!(task = id, "lease expired; the task goes back to the queue");
-            runnable.extend(requeue(conn, &task, now)?);
+            runnable.extend(requeue(db, &task, now)?);
         }
     }
     Ok(runnable)
 }
 
-pub fn recover(conn: &Connection, now: UnixMillis) -> StoreResult<Vec<Runnable>> {
+/// Puts every RUNNING task back to QUEUED: at start-up, on a store this process holds
+/// alone, nothing can still be running them.
+pub fn requeue_running(db: &mut dyn Db, now: UnixMillis) -> StoreResult<()> {
     let running = ids_of(
-        conn,
+        db,
         "SELECT id FROM tasks WHERE state = 'RUNNING' ORDER BY id",
-        [],
+        args![],
     )?;
     if !running.is_empty() {
         tracing::warn!(
@@ -784,61 +714,51 @@ pub fn recover(conn: &Connection, now: UnixMillis) -> StoreResult<Vec<Runnable>>
         );
     }
     for id in running {
-        if let Some(task) = unfinished(conn, id)? {
-            requeue(conn, &task, now)?;
+        if let Some(task) = unfinished(db, id)? {
+            requeue(db, &task, now)?;
         }
     }
-    let mut stmt = conn
-        .prepare(
-            "SELECT t.id, t.not_before FROM tasks t JOIN resources r ON r.active_task = t.id
-             WHERE t.state = 'QUEUED' ORDER BY t.id",
-        )
-        .map_err(backend)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(backend)?;
-    rows.map(|row| {
-        let (id, not_before) = row.map_err(backend)?;
-        Ok(Runnable {
-            task: stored_id(id)?,
-            not_before,
-        })
-    })
-    .collect()
+    Ok(())
 }
 
-fn ids_of(
-    conn: &Connection,
-    sql: &str,
-    args: impl r2d2_sqlite::rusqlite::Params,
-) -> StoreResult<Vec<i64>> {
-    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
-    let ids = stmt
-        .query_map(args, |r| r.get::<_, i64>(0))
-        .map_err(backend)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(backend);
-    ids
+/// The QUEUED tasks at the head of their resource's queue (due now or later), oldest
+/// first, at most `limit`.
+pub fn ready(db: &mut dyn Db, limit: u32) -> StoreResult<Vec<Runnable>> {
+    db.query_all(
+        "SELECT t.id, t.not_before FROM tasks t JOIN resources r ON r.active_task = t.id
+         WHERE t.state IN ('QUEUED', 'RUNNING') AND t.state = 'QUEUED' ORDER BY t.id LIMIT ?1",
+        args![limit],
+        |r: &Row| {
+            Ok(Runnable {
+                task: stored_id(r.get(0)?)?,
+                not_before: r.get(1)?,
+            })
+        },
+    )
+}
+
+fn ids_of(db: &mut dyn Db, sql: &str, args: &[crate::sql::Value<'_>]) -> StoreResult<Vec<i64>> {
+    db.query_all(sql, args, |r: &Row| r.get(0))
 }
 
 pub fn cancel(
-    conn: &Connection,
+    db: &mut dyn Db,
     account: AccountId,
     id: RequestId,
     now: UnixMillis,
 ) -> StoreResult<Option<Cancellation>> {
     let key = id.get() as i64;
     let mut ids = ids_of(
-        conn,
+        db,
         "SELECT id FROM tasks WHERE id = ?1 AND account_id = ?2",
-        params![key, account.0],
+        args![key, account.0],
     )?;
     if ids.is_empty() {
         ids = ids_of(
-            conn,
+            db,
             "SELECT t.id FROM tasks t JOIN task_groups g ON g.id = t.group_id
              WHERE g.id = ?1 AND g.account_id = ?2 ORDER BY t.id",
-            params![key, account.0],
+            args![key, account.0],
         )?;
         if ids.is_empty() {
             return Ok(None);
@@ -850,13 +770,14 @@ pub fn cancel(
     // before the one ahead ends, so ending that one never promotes (and precondition-
     // checks, possibly failing) a task this cancel is about to cancel.
     for task in ids.into_iter().rev() {
-        let found = unfinished(conn, task)?
+        let found = unfinished(db, task)?
             .ok_or_else(|| StoreError::Backend(format!("task {task} vanished")))?;
         let outcome = match found.state.as_str() {
             "RUNNING" => {
-                conn.prepare_cached("UPDATE tasks SET cancel_requested = 1 WHERE id = ?1")
-                    .and_then(|mut s| s.execute([task]))
-                    .map_err(backend)?;
+                db.execute(
+                    "UPDATE tasks SET cancel_requested = 1 WHERE id = ?1",
+                    args![task],
+                )?;
                 CancelOutcome::Requested
             }
             "QUEUED" => {
@@ -867,7 +788,7 @@ pub fn cancel(
                     }
                 };
                 let ending = Ending::Canceled(TaskError::operation_failed(message));
-                runnable.extend(finish(conn, &found, ending, now)?);
+                runnable.extend(finish(db, &found, ending, now)?);
                 CancelOutcome::Canceled
             }
             _ => CancelOutcome::TooLate,
@@ -883,31 +804,23 @@ pub fn cancel(
     });
     let tasks = outcomes
         .into_iter()
-        .map(|(task, outcome)| Ok((task_by_id(conn, task)?, outcome)))
+        .map(|(task, outcome)| Ok((task_by_id(db, task)?, outcome)))
         .collect::<StoreResult<Vec<_>>>()?;
     Ok(Some(Cancellation { tasks, runnable }))
 }
 
-pub fn purge(conn: &Connection, retention: &Retention) -> StoreResult<PurgeReport> {
+pub fn purge(db: &mut dyn Db, retention: &Retention) -> StoreResult<PurgeReport> {
     let batch = i64::from(retention.batch.max(1));
     let mut report = PurgeReport::default();
 
     let finished: Vec<(i64, i64, Option<i64>)> = {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, account_id, group_id FROM tasks
-                 WHERE finished_at IS NOT NULL AND finished_at < ?1
-                 ORDER BY finished_at LIMIT ?2",
-            )
-            .map_err(backend)?;
-        let rows = stmt
-            .query_map(params![retention.tasks_finished_before, batch], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .map_err(backend)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(backend)?;
-        rows
+        db.query_all(
+            "SELECT id, account_id, group_id FROM tasks
+             WHERE finished_at IS NOT NULL AND finished_at < ?1
+             ORDER BY finished_at LIMIT ?2",
+            args![retention.tasks_finished_before, batch],
+            |r: &Row| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?
     };
     report.tasks = finished.len() as u64;
     // Per account, the highest ID deleted (a task's or its group's); per group, one
@@ -915,9 +828,7 @@ pub fn purge(conn: &Connection, retention: &Retention) -> StoreResult<PurgeRepor
     let mut watermarks: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
     let mut groups: Vec<i64> = Vec::new();
     for (task, account, group) in &finished {
-        conn.prepare_cached("DELETE FROM tasks WHERE id = ?1")
-            .and_then(|mut s| s.execute([task]))
-            .map_err(backend)?;
+        db.execute("DELETE FROM tasks WHERE id = ?1", args![task])?;
         let mark = watermarks.entry(*account).or_default();
         *mark = (*mark).max(*task).max(group.unwrap_or(0));
         if let Some(group) = group {
@@ -927,56 +838,40 @@ pub fn purge(conn: &Connection, retention: &Retention) -> StoreResult<PurgeRepor
         }
     }
     for group in groups {
-        let deleted = conn
-            .prepare_cached(
-                "DELETE FROM task_groups WHERE id = ?1
+        let deleted = db.execute(
+            "DELETE FROM task_groups WHERE id = ?1
                  AND NOT EXISTS (SELECT 1 FROM tasks WHERE group_id = ?1)",
-            )
-            .and_then(|mut s| s.execute([group]))
-            .map_err(backend)?;
-        report.groups += deleted as u64;
+            args![group],
+        )?;
+        report.groups += deleted;
     }
     for (account, purged) in watermarks {
-        conn.prepare_cached(
-            "UPDATE accounts SET purged_up_to = MAX(purged_up_to, ?2) WHERE id = ?1",
-        )
-        .and_then(|mut s| s.execute(params![account, purged]))
-        .map_err(backend)?;
+        db.execute(
+"UPDATE accounts SET purged_up_to = CASE WHEN purged_up_to > ?2 THEN purged_up_to ELSE ?2 END
+         WHERE id = ?1",
+args![account, purged])?;
     }
 
-    report.nonces = conn
-        .prepare_cached(
-            "DELETE FROM nonces WHERE (secret_id, nonce) IN
+    report.nonces = db.execute(
+        "DELETE FROM nonces WHERE (secret_id, nonce) IN
              (SELECT secret_id, nonce FROM nonces WHERE expires_at < ?1 LIMIT ?2)",
-        )
-        .and_then(|mut s| s.execute(params![retention.nonces_expired_before, batch]))
-        .map_err(backend)? as u64;
-    report.tokens = conn
-        .prepare_cached(
-            "DELETE FROM client_tokens WHERE (account_id, token) IN
+        args![retention.nonces_expired_before, batch],
+    )?;
+    report.tokens = db.execute(
+        "DELETE FROM client_tokens WHERE (account_id, token) IN
              (SELECT account_id, token FROM client_tokens WHERE created_at < ?1 LIMIT ?2)",
-        )
-        .and_then(|mut s| s.execute(params![retention.tokens_created_before, batch]))
-        .map_err(backend)? as u64;
+        args![retention.tokens_created_before, batch],
+    )?;
     let mut full = [report.tasks, report.nonces, report.tokens]
         .iter()
         .any(|n| *n as i64 >= batch);
     for rule in &retention.resources {
-        let deleted = conn
-            .prepare_cached(
-                "DELETE FROM resources WHERE id IN
+        let deleted = db.execute(
+            "DELETE FROM resources WHERE id IN
                  (SELECT id FROM resources WHERE kind = ?1 AND state = ?2 AND updated_at < ?3
                     AND active_task IS NULL LIMIT ?4)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    rule.kind,
-                    rule.state.as_str(),
-                    rule.idle_before,
-                    batch
-                ])
-            })
-            .map_err(backend)? as u64;
+            args![rule.kind, rule.state.as_str(), rule.idle_before, batch],
+        )?;
         full |= deleted as i64 >= batch;
         report.resources += deleted;
     }
@@ -984,24 +879,23 @@ pub fn purge(conn: &Connection, retention: &Retention) -> StoreResult<PurgeRepor
     Ok(report)
 }
 
-pub fn create_account(conn: &Connection, name: &str, now: UnixMillis) -> StoreResult<AccountId> {
-    conn.execute(
-        "INSERT INTO accounts (name, created_at) VALUES (?1, ?2)",
-        params![name, now],
+pub fn create_account(db: &mut dyn Db, name: &str, now: UnixMillis) -> StoreResult<AccountId> {
+    db.query_one(
+        "INSERT INTO accounts (name, created_at) VALUES (?1, ?2) RETURNING id",
+        args![name, now],
+        |r: &Row| r.get(0).map(AccountId),
     )
-    .map_err(backend)?;
-    Ok(AccountId(conn.last_insert_rowid()))
 }
 
-pub fn create_key(conn: &Connection, key: &NewApiKey, now: UnixMillis) -> StoreResult<()> {
+pub fn create_key(db: &mut dyn Db, key: &NewApiKey, now: UnixMillis) -> StoreResult<()> {
     let access = &key.access;
     let list = |list: &Option<Vec<String>>| list.as_ref().map(|l| json!(l).to_string());
-    conn.execute(
+    db.execute(
         "INSERT INTO api_keys (secret_id, account_id, secret_key, enabled, created_at,
              allowed_actions, allowed_resources, read_only, rate_per_second, rate_burst, is_main)
          VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9,
-             NOT EXISTS (SELECT 1 FROM api_keys WHERE account_id = ?2))",
-        params![
+             CASE WHEN EXISTS (SELECT 1 FROM api_keys WHERE account_id = ?2) THEN 0 ELSE 1 END)",
+        args![
             key.secret_id.as_str(),
             key.account.0,
             key.secret_key,
@@ -1012,24 +906,21 @@ pub fn create_key(conn: &Connection, key: &NewApiKey, now: UnixMillis) -> StoreR
             access.rate.map(|r| r.per_second),
             access.rate.map(|r| r.burst),
         ],
-    )
-    .map_err(backend)?;
+    )?;
     Ok(())
 }
 
-pub fn set_account_blocked(conn: &Connection, name: &str, blocked: bool) -> StoreResult<bool> {
-    let changed = conn
-        .execute(
-            "UPDATE accounts SET blocked = ?2 WHERE name = ?1",
-            params![name, blocked],
-        )
-        .map_err(backend)?;
+pub fn set_account_blocked(db: &mut dyn Db, name: &str, blocked: bool) -> StoreResult<bool> {
+    let changed = db.execute(
+        "UPDATE accounts SET blocked = ?2 WHERE name = ?1",
+        args![name, blocked],
+    )?;
     Ok(changed == 1)
 }
 
 /// Refuses (the caller rolls back) a submission that took the account over a limit.
 fn check_limits(
-    conn: &Connection,
+    db: &mut dyn Db,
     account: AccountId,
     limits: AccountLimits,
     added_tasks: bool,
@@ -1053,10 +944,7 @@ fn check_limits(
         if !added || limit == 0 {
             continue;
         }
-        let count: i64 = conn
-            .prepare_cached(count_sql)
-            .and_then(|mut s| s.query_row([account.0], |r| r.get(0)))
-            .map_err(backend)?;
+        let count: i64 = db.query_one(count_sql, args![account.0], |r| r.get(0))?;
         let count = count as u64;
         if count > limit {
             return Err(StoreError::LimitExceeded {
@@ -1069,17 +957,11 @@ fn check_limits(
     Ok(())
 }
 
-pub fn set_key_enabled(
-    conn: &Connection,
-    secret_id: &SecretId,
-    enabled: bool,
-) -> StoreResult<bool> {
-    let changed = conn
-        .execute(
-            "UPDATE api_keys SET enabled = ?2 WHERE secret_id = ?1",
-            params![secret_id.as_str(), enabled],
-        )
-        .map_err(backend)?;
+pub fn set_key_enabled(db: &mut dyn Db, secret_id: &SecretId, enabled: bool) -> StoreResult<bool> {
+    let changed = db.execute(
+        "UPDATE api_keys SET enabled = ?2 WHERE secret_id = ?1",
+        args![secret_id.as_str(), enabled],
+    )?;
     Ok(changed == 1)
 }
 
@@ -1125,24 +1007,21 @@ pub fn parse_object(text: &str) -> StoreResult<Map<String, Value>> {
 /// Replaces every stored SecretKey by `reseal(secret_id, stored)` when it gives a new
 /// value (all or nothing: an error leaves every row as it was); returns how many changed.
 pub fn reseal_keys(
-    conn: &Connection,
+    db: &mut dyn Db,
     reseal: impl Fn(&str, &str) -> Result<Option<String>, String>,
 ) -> StoreResult<usize> {
-    let rows: Vec<(String, String)> = conn
-        .prepare("SELECT secret_id, secret_key FROM api_keys ORDER BY secret_id")
-        .and_then(|mut s| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()
-        })
-        .map_err(backend)?;
+    let rows: Vec<(String, String)> = db.query_all(
+        "SELECT secret_id, secret_key FROM api_keys ORDER BY secret_id",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let mut changed = 0;
     for (secret_id, stored) in rows {
         if let Some(sealed) = reseal(&secret_id, &stored).map_err(StoreError::Backend)? {
-            conn.execute(
+            db.execute(
                 "UPDATE api_keys SET secret_key = ?2 WHERE secret_id = ?1",
-                params![secret_id, sealed],
-            )
-            .map_err(backend)?;
+                args![secret_id, sealed],
+            )?;
             changed += 1;
         }
     }

@@ -1,0 +1,75 @@
+//! For tests: a scratch schema of its own on the test database, dropped afterwards.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The variable that names the test database; the PostgreSQL tests need it.
+pub const TEST_DATABASE_ENV: &str = "QTASK_TEST_DATABASE_URL";
+
+/// The test database's URL, if the tests should use PostgreSQL.
+pub fn test_database_url() -> Option<String> {
+    std::env::var(TEST_DATABASE_ENV)
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// A schema no other test uses, dropped (with everything in it) when this is dropped.
+pub struct ScratchSchema {
+    base: String,
+    schema: String,
+}
+
+impl ScratchSchema {
+    /// A new schema on the database at `base`.
+    pub fn create(base: &str) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let schema = format!("qt_{}_{nanos:x}", std::process::id());
+        let sql = format!("CREATE SCHEMA {schema}");
+        run_outside_async(base.to_owned(), sql);
+        Self {
+            base: base.to_owned(),
+            schema,
+        }
+    }
+
+    /// The URL whose connections create and find their tables in this schema.
+    pub fn url(&self) -> String {
+        let separator = if self.base.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{separator}options=-csearch_path%3D{}",
+            self.base, self.schema
+        )
+    }
+
+    pub fn name(&self) -> &str {
+        &self.schema
+    }
+}
+
+impl Drop for ScratchSchema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+        run_outside_async(self.base.clone(), sql);
+    }
+}
+
+/// Runs `sql` on its own thread: the blocking client must not run on an async one.
+fn run_outside_async(url: String, sql: String) {
+    let outcome = std::thread::spawn(move || {
+        let mut client = url
+            .parse::<postgres::Config>()
+            .map_err(|e| e.to_string())?
+            .connect(postgres::NoTls)
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        client
+            .batch_execute(&sql)
+            .map_err(|e| format!("{sql}: {e}"))
+    })
+    .join()
+    .expect("the scratch-schema thread panicked");
+    if let Err(error) = outcome {
+        panic!("test database: {error}");
+    }
+}

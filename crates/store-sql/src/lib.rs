@@ -1,0 +1,438 @@
+//! The store's logic, written once in SQL for both backends.
+//!
+//! [`SqlStore`] implements [`Store`] over two things a backend provides: a write
+//! connection, driven by the group-committing [`writer`], and a pool of read
+//! connections. `qtask-store-sqlite` and `qtask-store-postgres` supply those (and their
+//! own migrations); every query, rule and invariant lives here, so the two backends
+//! cannot drift apart. See [`sql`] for the small interface the queries are written
+//! against.
+
+mod audit;
+mod reads;
+mod sealing;
+pub mod sql;
+pub mod writer;
+mod writes;
+
+use async_trait::async_trait;
+use qtask_core::{AccountId, RequestId, SecretId, UnixMillis};
+use qtask_store::*;
+use sql::Db;
+use std::sync::Arc;
+use writer::{WriteConn, WriterHandle};
+
+pub use sealing::MasterKey;
+
+/// What a database shared by several qtask nodes adds: one node at a time runs the
+/// background maintenance, and nodes hear of tasks other nodes made runnable.
+pub trait Cluster: Send + Sync + 'static {
+    /// Whether this node leads the maintenance now (blocking; takes the lead when free).
+    fn lead_maintenance(&self) -> StoreResult<bool>;
+    /// Notified when another node has committed runnable tasks.
+    fn ready_signal(&self) -> Arc<tokio::sync::Notify>;
+}
+
+/// Removes a plain copy of re-sealed keys the backend may keep (SQLite's WAL).
+pub type AfterReseal = Box<dyn Fn() -> StoreResult<()> + Send + Sync>;
+
+/// The store over a backend's write connection and read pool `M`.
+pub struct SqlStore<M: r2d2::ManageConnection> {
+    writer: WriterHandle,
+    readers: r2d2::Pool<M>,
+    /// Seals SecretKeys before they are written and opens them when read; without it
+    /// keys are stored as given (tests of the store alone).
+    master_key: Option<Arc<MasterKey>>,
+    cluster: Option<Arc<dyn Cluster>>,
+    after_reseal: Option<AfterReseal>,
+}
+
+impl<M> SqlStore<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: Db,
+{
+    /// Starts the writer on `writer` (migrations already applied) and reads from
+    /// `readers`. A `cluster` makes the store shared: see [`Cluster`].
+    pub fn new<W: WriteConn>(
+        writer: W,
+        readers: r2d2::Pool<M>,
+        cluster: Option<Arc<dyn Cluster>>,
+    ) -> StoreResult<Self> {
+        Ok(Self {
+            writer: WriterHandle::spawn(writer)?,
+            readers,
+            master_key: None,
+            cluster,
+            after_reseal: None,
+        })
+    }
+
+    /// Runs `hook` after keys were re-sealed.
+    pub fn with_after_reseal(mut self, hook: AfterReseal) -> Self {
+        self.after_reseal = Some(hook);
+        self
+    }
+
+    /// Seals SecretKeys with `key` from now on.
+    pub fn with_master_key(mut self, key: MasterKey) -> Self {
+        self.master_key = Some(Arc::new(key));
+        self
+    }
+
+    /// Seals the keys stored in plain text (by a qtask without a master key): a
+    /// one-time step at start. Returns how many it sealed.
+    pub async fn seal_plaintext_keys(&self) -> StoreResult<usize> {
+        let Some(master) = self.master_key.clone() else {
+            return Ok(0);
+        };
+        let sealed = self
+            .writer
+            .write(move |db, _| {
+                writes::reseal_keys(db, |secret_id, stored| {
+                    if sealing::is_sealed(stored) {
+                        Ok(None)
+                    } else {
+                        master.seal(secret_id, stored).map(Some)
+                    }
+                })
+            })
+            .await?;
+        if sealed > 0 {
+            if let Some(hook) = &self.after_reseal {
+                hook()?;
+            }
+        }
+        Ok(sealed)
+    }
+
+    /// Re-seals every SecretKey under `new` in one transaction (key rotation); a key
+    /// that does not open with the current master key stops it, changing nothing.
+    /// Returns how many keys it re-sealed.
+    pub async fn rotate_master_key(&self, new: MasterKey) -> StoreResult<usize> {
+        let current = self
+            .master_key
+            .clone()
+            .ok_or_else(|| StoreError::Backend("rotating needs the current master key".into()))?;
+        self.writer
+            .write(move |db, _| {
+                writes::reseal_keys(db, |secret_id, stored| {
+                    let plain = if sealing::is_sealed(stored) {
+                        current.open(secret_id, stored)?
+                    } else {
+                        stored.to_owned()
+                    };
+                    new.seal(secret_id, &plain).map(Some)
+                })
+            })
+            .await
+    }
+
+    /// The key as callers see it: its SecretKey opened.
+    fn unseal(&self, mut key: ApiKey) -> StoreResult<ApiKey> {
+        if sealing::is_sealed(&key.secret_key) {
+            let master = self.master_key.as_ref().ok_or_else(|| {
+                StoreError::Backend("the SecretKeys are sealed: qtask needs the master key".into())
+            })?;
+            key.secret_key = master
+                .open(key.secret_id.as_str(), &key.secret_key)
+                .map_err(StoreError::Backend)?;
+        }
+        Ok(key)
+    }
+
+    /// Runs `query` on a pooled read connection, off the async threads.
+    async fn read<T, F>(&self, query: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Db) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| StoreError::Backend(format!("no read connection: {e}")))?;
+            query(&mut *conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("a read panicked: {e}")))?
+    }
+
+    /// A write that may make tasks runnable: when it does, the other nodes of a shared
+    /// database are told on commit.
+    async fn write_waking<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: MakesRunnable + Send + 'static,
+        F: FnOnce(&mut dyn Db, &mut writer::WriterState) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer
+            .write(move |db, state| {
+                let result = op(db, state)?;
+                state.woke_tasks |= result.makes_runnable();
+                Ok(result)
+            })
+            .await
+    }
+}
+
+/// Whether a write's outcome made tasks runnable.
+trait MakesRunnable {
+    fn makes_runnable(&self) -> bool;
+}
+
+impl MakesRunnable for Vec<Runnable> {
+    fn makes_runnable(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl MakesRunnable for Option<Vec<Runnable>> {
+    fn makes_runnable(&self) -> bool {
+        self.as_ref().is_some_and(|r| !r.is_empty())
+    }
+}
+
+impl MakesRunnable for Submitted {
+    fn makes_runnable(&self) -> bool {
+        matches!(self, Submitted::New { runnable, .. } if !runnable.is_empty())
+    }
+}
+
+impl MakesRunnable for Completion {
+    fn makes_runnable(&self) -> bool {
+        matches!(self, Completion::Recorded { runnable } if !runnable.is_empty())
+    }
+}
+
+impl MakesRunnable for Option<Cancellation> {
+    fn makes_runnable(&self) -> bool {
+        self.as_ref().is_some_and(|c| !c.runnable.is_empty())
+    }
+}
+
+#[async_trait]
+impl<M> Store for SqlStore<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: Db,
+{
+    async fn record_nonce(&self, claim: NonceClaim) -> StoreResult<NonceOutcome> {
+        self.writer
+            .write(move |db, _| writes::record_nonce(db, &claim))
+            .await
+    }
+
+    async fn submit(&self, submission: Submission) -> StoreResult<Submitted> {
+        self.write_waking(move |db, s| writes::submit(db, s, submission))
+            .await
+    }
+
+    async fn claim(&self, task: RequestId, lease: Lease) -> StoreResult<Option<ClaimedTask>> {
+        self.writer
+            .write(move |db, s| writes::claim(db, s, task, &lease))
+            .await
+    }
+
+    async fn renew(
+        &self,
+        task: RequestId,
+        fence: Fence,
+        expires_at: UnixMillis,
+    ) -> StoreResult<LeaseStatus> {
+        self.writer
+            .write(move |db, _| writes::renew(db, task, fence, expires_at))
+            .await
+    }
+
+    async fn complete(
+        &self,
+        task: RequestId,
+        fence: Fence,
+        outcome: TaskOutcome,
+        now: UnixMillis,
+    ) -> StoreResult<Completion> {
+        self.write_waking(move |db, _| writes::complete(db, task, fence, outcome, now))
+            .await
+    }
+
+    async fn release(
+        &self,
+        task: RequestId,
+        fence: Fence,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Vec<Runnable>>> {
+        self.write_waking(move |db, _| writes::release(db, task, fence, now))
+            .await
+    }
+
+    async fn rescue(&self, now: UnixMillis, keep: Vec<RequestId>) -> StoreResult<Vec<Runnable>> {
+        self.write_waking(move |db, _| writes::rescue(db, now, &keep))
+            .await
+    }
+
+    async fn recover(&self, now: UnixMillis) -> StoreResult<Vec<Runnable>> {
+        let shared = self.shared();
+        self.writer
+            .write(move |db, _| {
+                // Other nodes may be running tasks of a shared database: their leases
+                // say which are abandoned, and rescue takes those back.
+                if !shared {
+                    writes::requeue_running(db, now)?;
+                }
+                writes::ready(db, u32::MAX)
+            })
+            .await
+    }
+
+    async fn ready(&self, limit: u32) -> StoreResult<Vec<Runnable>> {
+        self.read(move |db| writes::ready(db, limit)).await
+    }
+
+    fn shared(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    async fn lead_maintenance(&self) -> StoreResult<bool> {
+        let Some(cluster) = self.cluster.clone() else {
+            return Ok(true);
+        };
+        tokio::task::spawn_blocking(move || cluster.lead_maintenance())
+            .await
+            .map_err(|e| StoreError::Backend(format!("the maintenance lock check panicked: {e}")))?
+    }
+
+    fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.cluster.as_ref().map(|c| c.ready_signal())
+    }
+
+    async fn cancel(
+        &self,
+        account: AccountId,
+        id: RequestId,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Cancellation>> {
+        self.write_waking(move |db, _| writes::cancel(db, account, id, now))
+            .await
+    }
+
+    async fn purge(&self, retention: Retention) -> StoreResult<PurgeReport> {
+        self.writer
+            .write(move |db, _| writes::purge(db, &retention))
+            .await
+    }
+
+    async fn purged(&self, account: AccountId, id: RequestId) -> StoreResult<bool> {
+        self.read(move |db| reads::purged(db, account, id)).await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.read(reads::stats).await
+    }
+
+    async fn queue_summary(&self, now: UnixMillis) -> StoreResult<QueueSummary> {
+        self.read(move |db| reads::queue_summary(db, now)).await
+    }
+
+    async fn api_key(&self, secret_id: &SecretId) -> StoreResult<Option<ApiKey>> {
+        let secret_id = secret_id.clone();
+        self.read(move |db| reads::api_key(db, &secret_id))
+            .await?
+            .map(|key| self.unseal(key))
+            .transpose()
+    }
+
+    async fn task(&self, account: AccountId, id: RequestId) -> StoreResult<Option<TaskRecord>> {
+        self.read(move |db| reads::task(db, account, id)).await
+    }
+
+    async fn group(&self, account: AccountId, id: RequestId) -> StoreResult<Option<GroupRecord>> {
+        self.read(move |db| reads::group(db, account, id)).await
+    }
+
+    async fn tasks(
+        &self,
+        account: AccountId,
+        filter: TaskFilter,
+        page: Page,
+    ) -> StoreResult<Listing<TaskRecord>> {
+        self.read(move |db| reads::tasks(db, account, &filter, page))
+            .await
+    }
+
+    async fn resources(
+        &self,
+        account: AccountId,
+        filter: ResourceFilter,
+        page: Page,
+    ) -> StoreResult<Listing<ResourceRecord>> {
+        self.read(move |db| reads::resources(db, account, &filter, page))
+            .await
+    }
+
+    async fn create_account(&self, name: &str, now: UnixMillis) -> StoreResult<AccountId> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |db, _| writes::create_account(db, &name, now))
+            .await
+    }
+
+    async fn account_by_name(&self, name: &str) -> StoreResult<Option<AccountId>> {
+        let name = name.to_owned();
+        self.read(move |db| reads::account_by_name(db, &name)).await
+    }
+
+    async fn create_key(&self, mut key: NewApiKey, now: UnixMillis) -> StoreResult<()> {
+        if let Some(master) = &self.master_key {
+            key.secret_key = master
+                .seal(key.secret_id.as_str(), &key.secret_key)
+                .map_err(StoreError::Backend)?;
+        }
+        self.writer
+            .write(move |db, _| writes::create_key(db, &key, now))
+            .await
+    }
+
+    async fn set_key_enabled(&self, secret_id: &SecretId, enabled: bool) -> StoreResult<bool> {
+        let secret_id = secret_id.clone();
+        self.writer
+            .write(move |db, _| writes::set_key_enabled(db, &secret_id, enabled))
+            .await
+    }
+
+    async fn set_account_blocked(&self, name: &str, blocked: bool) -> StoreResult<bool> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |db, _| writes::set_account_blocked(db, &name, blocked))
+            .await
+    }
+
+    async fn keys(&self) -> StoreResult<Vec<ApiKey>> {
+        self.read(reads::keys)
+            .await?
+            .into_iter()
+            .map(|key| self.unseal(key))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl<M> AuditLog for SqlStore<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: Db,
+{
+    async fn audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        self.writer
+            .write(move |db, _| audit::append(db, &entry))
+            .await
+    }
+
+    async fn audit_log(
+        &self,
+        account: AccountId,
+        filter: AuditFilter,
+        page: Page,
+    ) -> StoreResult<Listing<AuditEntry>> {
+        self.read(move |db| audit::list(db, account, &filter, page))
+            .await
+    }
+}

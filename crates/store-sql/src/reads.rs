@@ -1,0 +1,441 @@
+//! Read queries, run on the pool of read-only connections.
+
+use crate::args;
+use crate::sql::{Db, Dialect, Row, Value as SqlValue};
+use crate::writes::{effect_from_json, parse_object};
+use qtask_core::{
+    AccountId, Region, RequestId, ResourceId, ResourceState, SecretId, TaskError, TaskState,
+    UnixMillis,
+};
+use qtask_store::*;
+use serde_json::Value;
+
+/// A task's columns, in the order [`task_from_row`] reads them; the table must be
+/// named `tasks`. A QUEUED task waiting behind others on its resource gets the task
+/// just ahead of it and its position (both from the index on resource and ID).
+pub const TASK_COLUMNS: &str =
+    "id, account_id, group_id, action, resource_id, region, params, state, attempts, \
+     created_at, started_at, finished_at, error_code, error_message, result, effect, \
+     not_before, lease_owner, lease_expires_at, fence, cancel_requested, \
+     CASE WHEN state = 'QUEUED' THEN (SELECT MAX(b.id) FROM tasks b \
+        WHERE b.account_id = tasks.account_id AND b.resource_id = tasks.resource_id \
+          AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END, \
+     CASE WHEN state = 'QUEUED' THEN (SELECT COUNT(*) FROM tasks b \
+        WHERE b.account_id = tasks.account_id AND b.resource_id = tasks.resource_id \
+          AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END";
+
+fn bad_column(index: usize, message: String) -> StoreError {
+    StoreError::Backend(format!("column {index}: {message}"))
+}
+
+/// A stored task or group ID.
+pub fn stored_id(value: i64) -> StoreResult<RequestId> {
+    RequestId::new(value as u64).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+fn json_column(index: usize, text: Option<String>) -> StoreResult<Option<Value>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| bad_column(index, e.to_string())))
+        .transpose()
+}
+
+fn region(index: usize, text: String) -> StoreResult<Region> {
+    text.parse()
+        .map_err(|_| bad_column(index, format!("unknown region {text}")))
+}
+
+pub fn task_from_row(row: &Row) -> StoreResult<TaskRecord> {
+    let state: String = row.get(7)?;
+    let error_code: Option<u32> = row.get(12)?;
+    Ok(TaskRecord {
+        id: stored_id(row.get(0)?)?,
+        account: AccountId(row.get(1)?),
+        group: row.get::<Option<i64>>(2)?.map(stored_id).transpose()?,
+        action: row.get(3)?,
+        resource: ResourceId::from_stored(row.get(4)?),
+        region: region(5, row.get(5)?)?,
+        params: json_column(6, row.get(6)?)?.unwrap_or(Value::Null),
+        state: state
+            .parse()
+            .map_err(|_| bad_column(7, format!("unknown task state {state}")))?,
+        attempts: row.get(8)?,
+        created_at: row.get(9)?,
+        started_at: row.get(10)?,
+        finished_at: row.get(11)?,
+        error: error_code
+            .map(|code| {
+                Ok::<_, StoreError>(TaskError {
+                    code,
+                    message: row.get::<Option<String>>(13)?.unwrap_or_default(),
+                })
+            })
+            .transpose()?,
+        result: json_column(14, row.get(14)?)?,
+        effect: effect_from_json(&row.get::<String>(15)?)
+            .map_err(|e| bad_column(15, e.to_string()))?,
+        run: run_info(row, state == "QUEUED", error_code.is_some())?,
+    })
+}
+
+fn run_info(row: &Row, queued: bool, failed_before: bool) -> StoreResult<RunInfo> {
+    let not_before: i64 = row.get(16)?;
+    let lease = match (row.get::<Option<String>>(17)?, row.get(18)?) {
+        (Some(owner), Some(expires_at)) => Some(LeaseInfo { owner, expires_at }),
+        _ => None,
+    };
+    let blocked_by = match row.get::<Option<i64>>(21)? {
+        Some(ahead) => Some((stored_id(ahead)?, row.get::<u32>(22)?)),
+        None => None,
+    };
+    Ok(RunInfo {
+        next_attempt_at: (queued && failed_before && not_before > 0).then_some(not_before),
+        lease,
+        fence: row.get::<i64>(19)? as u64,
+        cancel_requested: row.get(20)?,
+        blocked_by,
+    })
+}
+
+pub fn purged(db: &mut dyn Db, account: AccountId, id: RequestId) -> StoreResult<bool> {
+    let up_to: Option<i64> = db.query_opt(
+        "SELECT purged_up_to FROM accounts WHERE id = ?1",
+        args![account.0],
+        |r| r.get(0),
+    )?;
+    Ok(up_to.is_some_and(|up_to| id.get() as i64 <= up_to))
+}
+
+pub fn stats(db: &mut dyn Db) -> StoreResult<StoreStats> {
+    let tasks = db.query_all(
+        "SELECT state, COUNT(*) FROM tasks GROUP BY state",
+        args![],
+        |r: &Row| {
+            let state: String = r.get(0)?;
+            let state = state
+                .parse::<TaskState>()
+                .map_err(|e| bad_column(0, e.to_string()))?;
+            Ok((state, r.get::<u64>(1)?))
+        },
+    )?;
+    let fenced_completions = db.query_one(
+        "SELECT value FROM meta WHERE key = 'fenced_completions'",
+        args![],
+        |r: &Row| r.get::<u64>(0),
+    )?;
+    Ok(StoreStats {
+        tasks,
+        fenced_completions,
+    })
+}
+
+pub fn queue_summary(db: &mut dyn Db, now: UnixMillis) -> StoreResult<QueueSummary> {
+    // The repeated state test lets SQLite use the small partial index of unfinished
+    // tasks; the resource's `active_task` says whether the task heads its queue.
+    db.query_one(
+"SELECT COUNT(*), MIN(CASE WHEN t.created_at > t.not_before THEN t.created_at ELSE t.not_before END)
+         FROM tasks t JOIN resources r ON r.id = t.resource_id AND r.active_task = t.id
+         WHERE t.state IN ('QUEUED', 'RUNNING') AND t.state = 'QUEUED' AND t.not_before <= ?1",
+args![now],
+|r| {
+            Ok(QueueSummary {
+                ready: r.get::<i64>(0)? as u64,
+                oldest_ready_since: r.get(1)?,
+            })
+        })
+}
+
+pub fn api_key(db: &mut dyn Db, secret_id: &SecretId) -> StoreResult<Option<ApiKey>> {
+    db.query_opt(
+&format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.secret_id = ?1"),
+args![secret_id.as_str()],
+key_from_row)
+}
+
+const KEY_COLUMNS: &str = "k.secret_id, k.secret_key, k.account_id, a.name, k.enabled, k.created_at, \
+     k.allowed_actions, k.allowed_resources, k.read_only, k.rate_per_second, k.rate_burst, k.is_main, a.blocked";
+
+fn key_from_row(row: &Row) -> StoreResult<ApiKey> {
+    let list = |index: usize| -> StoreResult<Option<Vec<String>>> {
+        row.get::<Option<String>>(index)?
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|e| bad_column(index, format!("bad JSON list {text}: {e}")))
+            })
+            .transpose()
+    };
+    let rate = match (row.get::<Option<u32>>(9)?, row.get::<Option<u32>>(10)?) {
+        (Some(per_second), Some(burst)) => Some(RequestRate { per_second, burst }),
+        _ => None,
+    };
+    let secret_id: String = row.get(0)?;
+    Ok(ApiKey {
+        secret_id: secret_id
+            .parse()
+            .map_err(|_| bad_column(0, format!("bad SecretId {secret_id}")))?,
+        secret_key: row.get(1)?,
+        account: AccountId(row.get(2)?),
+        account_name: row.get(3)?,
+        enabled: row.get(4)?,
+        created_at: row.get(5)?,
+        access: KeyAccess {
+            actions: list(6)?,
+            resources: list(7)?,
+            read_only: row.get(8)?,
+            rate,
+        },
+        main: row.get(11)?,
+        account_blocked: row.get(12)?,
+    })
+}
+
+pub fn keys(db: &mut dyn Db) -> StoreResult<Vec<ApiKey>> {
+    db.query_all(
+        &format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id ORDER BY k.created_at, k.secret_id"),
+        args![],
+        key_from_row,
+    )
+}
+
+pub fn account_by_name(db: &mut dyn Db, name: &str) -> StoreResult<Option<AccountId>> {
+    db.query_opt(
+        "SELECT id FROM accounts WHERE name = ?1",
+        args![name],
+        |r| r.get(0).map(AccountId),
+    )
+}
+
+pub fn task(db: &mut dyn Db, account: AccountId, id: RequestId) -> StoreResult<Option<TaskRecord>> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1 AND account_id = ?2");
+    db.query_opt(&sql, args![id.get() as i64, account.0], task_from_row)
+}
+
+pub fn group(
+    db: &mut dyn Db,
+    account: AccountId,
+    id: RequestId,
+) -> StoreResult<Option<GroupRecord>> {
+    let head: Option<(String, i64)> = db.query_opt(
+        "SELECT action, created_at FROM task_groups WHERE id = ?1 AND account_id = ?2",
+        args![id.get() as i64, account.0],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some((action, created_at)) = head else {
+        return Ok(None);
+    };
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE group_id = ?1 ORDER BY id");
+    let tasks = db.query_all(&sql, args![id.get() as i64], task_from_row)?;
+    Ok(Some(GroupRecord {
+        id,
+        action,
+        created_at,
+        tasks,
+    }))
+}
+
+/// A WHERE clause built from optional filters, with its parameters.
+struct Conditions {
+    sql: Vec<String>,
+    args: Vec<SqlValue<'static>>,
+}
+
+impl Conditions {
+    fn new() -> Self {
+        Self {
+            sql: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds a condition; `?` in it stands for the next argument(s), in order.
+    fn push(&mut self, condition: &str, args: Vec<SqlValue<'static>>) {
+        let mut numbered = String::with_capacity(condition.len() + 8);
+        let mut next = self.args.len();
+        for ch in condition.chars() {
+            if ch == '?' {
+                next += 1;
+                numbered.push_str(&format!("?{next}"));
+            } else {
+                numbered.push(ch);
+            }
+        }
+        self.sql.push(numbered);
+        self.args.extend(args);
+    }
+
+    /// Adds `column IN (…)` over `values`; nothing when there are none (no filter).
+    fn push_in(&mut self, column: &str, values: impl IntoIterator<Item = String>) {
+        let values: Vec<SqlValue<'static>> = values.into_iter().map(SqlValue::from).collect();
+        if values.is_empty() {
+            return;
+        }
+        let condition = format!("{column} IN ({})", Self::placeholders(values.len(), "?"));
+        self.push(&condition, values);
+    }
+
+    fn placeholders(n: usize, one: &str) -> String {
+        vec![one; n].join(", ")
+    }
+
+    fn clause(&self) -> String {
+        self.sql.join(" AND ")
+    }
+
+    fn count(&self, db: &mut dyn Db, from: &str) -> StoreResult<u64> {
+        let sql = format!("SELECT COUNT(*) FROM {from} WHERE {}", self.clause());
+        db.query_one(&sql, &self.args, |r: &Row| r.get(0))
+    }
+}
+
+pub fn tasks(
+    db: &mut dyn Db,
+    account: AccountId,
+    filter: &TaskFilter,
+    page: Page,
+) -> StoreResult<Listing<TaskRecord>> {
+    let mut c = Conditions::new();
+    c.push("account_id = ?", vec![account.0.into()]);
+    c.push_in("state", filter.states.iter().map(|s| s.as_str().to_owned()));
+    if let Some(action) = &filter.action {
+        c.push("action = ?", vec![action.clone().into()]);
+    }
+    if let Some(resource) = &filter.resource {
+        c.push("resource_id = ?", vec![resource.as_str().to_owned().into()]);
+    }
+    if let Some(from) = filter.created_from {
+        c.push("created_at >= ?", vec![from.into()]);
+    }
+    if let Some(to) = filter.created_to {
+        c.push("created_at <= ?", vec![to.into()]);
+    }
+    let total = c.count(db, "tasks")?;
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE {} ORDER BY id DESC LIMIT {} OFFSET {}",
+        c.clause(),
+        page.limit,
+        page.offset
+    );
+    let items = db.query_all(&sql, &c.args, task_from_row)?;
+    Ok(Listing { total, items })
+}
+
+/// A JSON scalar as a SQL argument that compares equal to what SQLite's `json_extract`
+/// yields.
+fn sqlite_json_arg(value: &Value) -> SqlValue<'static> {
+    match value {
+        Value::Number(n) if n.is_i64() => n.as_i64().into(),
+        Value::Bool(b) => (*b).into(),
+        Value::String(s) => s.clone().into(),
+        other => other.to_string().into(),
+    }
+}
+
+/// How a dialect reads the attribute at a dotted path: the SQL (one `?` for the path)
+/// and the path argument.
+fn attr_at(dialect: Dialect, path: &str) -> (&'static str, SqlValue<'static>) {
+    match dialect {
+        Dialect::Sqlite => ("json_extract(r.attrs, ?)", format!("$.{path}").into()),
+        Dialect::Postgres => (
+            "(r.attrs::jsonb #> string_to_array(?, '.'))",
+            path.to_owned().into(),
+        ),
+    }
+}
+
+pub fn resources(
+    db: &mut dyn Db,
+    account: AccountId,
+    filter: &ResourceFilter,
+    page: Page,
+) -> StoreResult<Listing<ResourceRecord>> {
+    let dialect = db.dialect();
+    let mut c = Conditions::new();
+    c.push("r.account_id = ?", vec![account.0.into()]);
+    c.push("r.kind = ?", vec![filter.kind.clone().into()]);
+    c.push(
+        "r.region = ?",
+        vec![filter.region.as_str().to_owned().into()],
+    );
+    c.push_in("r.id", filter.ids.iter().map(|i| i.as_str().to_owned()));
+    c.push_in(
+        "r.state",
+        filter.states.iter().map(|s| s.as_str().to_owned()),
+    );
+    if let Some(word) = &filter.search {
+        let (name, path) = attr_at(dialect, filter.name_attr);
+        let condition = match dialect {
+            Dialect::Sqlite => {
+                format!("(instr(r.id, ?) > 0 OR instr(COALESCE({name}, ''), ?) > 0)")
+            }
+            Dialect::Postgres => format!(
+                "(strpos(r.id, ?) > 0 OR strpos(COALESCE({}, ''), ?) > 0)",
+                name.replace(" #> ", " #>> ")
+            ),
+        };
+        c.push(
+            &condition,
+            vec![word.clone().into(), path, word.clone().into()],
+        );
+    }
+    for (attr, values) in &filter.attr_in {
+        let (at, path) = attr_at(dialect, attr);
+        let mut args = vec![path];
+        let one = match dialect {
+            Dialect::Sqlite => {
+                args.extend(values.iter().map(sqlite_json_arg));
+                "?"
+            }
+            Dialect::Postgres => {
+                args.extend(values.iter().map(|v| SqlValue::from(v.to_string())));
+                "?::text::jsonb"
+            }
+        };
+        c.push(
+            &format!("{at} IN ({})", Conditions::placeholders(values.len(), one)),
+            args,
+        );
+    }
+    let total = c.count(db, "resources r")?;
+    let sql = format!(
+        "SELECT r.id, r.kind, r.region, r.state, r.attrs, r.created_at, r.active_task,
+                t.id, t.action, t.state, t.error_code, t.error_message
+         FROM resources r LEFT JOIN tasks t ON t.id = r.last_task
+         WHERE {} ORDER BY r.created_at DESC, r.id DESC LIMIT {} OFFSET {}",
+        c.clause(),
+        page.limit,
+        page.offset
+    );
+    let items = db.query_all(&sql, &c.args, |row: &Row| {
+        let last_task: Option<i64> = row.get(7)?;
+        let last_operation = match last_task {
+            None => None,
+            Some(task) => {
+                let state: String = row.get(9)?;
+                let error_code: Option<u32> = row.get(10)?;
+                Some(LastOperation {
+                    task: stored_id(task)?,
+                    action: row.get(8)?,
+                    state: state
+                        .parse::<TaskState>()
+                        .map_err(|e| bad_column(9, e.to_string()))?,
+                    error: match error_code {
+                        Some(code) => Some(TaskError {
+                            code,
+                            message: row.get::<Option<String>>(11)?.unwrap_or_default(),
+                        }),
+                        None => None,
+                    },
+                })
+            }
+        };
+        Ok(ResourceRecord {
+            id: ResourceId::from_stored(row.get(0)?),
+            kind: row.get(1)?,
+            region: region(2, row.get(2)?)?,
+            state: ResourceState(row.get(3)?),
+            attrs: parse_object(&row.get::<String>(4)?)?,
+            created_at: row.get(5)?,
+            active_task: row.get::<Option<i64>>(6)?.map(stored_id).transpose()?,
+            last_operation,
+        })
+    })?;
+    Ok(Listing { total, items })
+}
