@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// Where the database, TLS files and credentials live [default: ./qtask-data].
     #[arg(long, env = "QTASK_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The store: `sqlite` (DATA_DIR/qtask.db, one node) or a postgres:// URL that
+    /// several nodes share [default: sqlite].
+    #[arg(long, env = "QTASK_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
     /// Plain HTTP listen address, or `off` [default: 127.0.0.1:8080].
     #[arg(long, env = "QTASK_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
@@ -172,6 +176,7 @@ fn positive_duration(option: &str, text: &str) -> anyhow::Result<Duration> {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
+    pub database: crate::database::Database,
     pub listen: Option<SocketAddr>,
     pub tls_listen: Option<SocketAddr>,
     pub tls_files: Option<(PathBuf, PathBuf)>,
@@ -286,6 +291,10 @@ impl ServeConfig {
             rate_limit,
             account_limits,
             master_key_file: args.master_key_file.or(file.master_key_file),
+            database: match args.database.or(file.database) {
+                Some(text) => text.parse()?,
+                None => Default::default(),
+            },
             data_dir: args
                 .data_dir
                 .or(file.data_dir)

@@ -3,7 +3,8 @@
 //! both processes write), and the master key that seals the SecretKeys at rest.
 
 use crate::credentials;
-use crate::serve::{lock_data_dir, now_millis, open_store};
+use crate::database::{self, StoreArgs};
+use crate::serve::now_millis;
 use anyhow::{anyhow, bail, Context};
 use qtask_core::SecretId;
 use qtask_store::{KeyAccess, NewApiKey, RequestRate, Store};
@@ -81,17 +82,21 @@ fn write_key_file(path: &Path, text: &str, replace: bool) -> anyhow::Result<()> 
 /// `qtask keys rotate-master --new-key-file FILE`: re-seals every SecretKey with the
 /// new key in one transaction. With the default key file, DATA_DIR/master.key then
 /// holds the new key; otherwise the server must be started with the new one.
-pub async fn run_rotate_master(
-    data_dir: &Path,
-    master_key_file: Option<&Path>,
-    new_key_file: &Path,
-) -> anyhow::Result<()> {
-    // A running server holds the old key in memory: it would fail every request.
-    let _lock = lock_data_dir(data_dir)?;
+pub async fn run_rotate_master(store_at: &StoreArgs, new_key_file: &Path) -> anyhow::Result<()> {
+    // A running server holds the old key in memory: it would fail every request. (On a
+    // shared PostgreSQL database, stop every node first: see docs/operations.md.)
+    let _lock = crate::serve::lock_data_dir(&store_at.data_dir)?;
     let new_key = read_master_key(new_key_file)?;
-    let store = open_store(data_dir, master_key_file).await?;
-    let count = store.rotate_master_key(new_key).await?;
-    let default_file = master_key_file.is_none() && std::env::var_os(MASTER_KEY_ENV).is_none();
+    let count = database::rotate_master_key(
+        &store_at.data_dir,
+        store_at.master_key_file.as_deref(),
+        &store_at.database,
+        new_key,
+    )
+    .await?;
+    let data_dir = &store_at.data_dir;
+    let default_file =
+        store_at.master_key_file.is_none() && std::env::var_os(MASTER_KEY_ENV).is_none();
     if default_file {
         let text = std::fs::read_to_string(new_key_file)?;
         write_key_file(&data_dir.join(MASTER_KEY_FILE), &text, true)?;
@@ -208,8 +213,7 @@ async fn create_restricted(
 }
 
 pub async fn run_create(
-    data_dir: &Path,
-    master_key_file: Option<&Path>,
+    store_at: &StoreArgs,
     account: &str,
     restrictions: Restrictions,
 ) -> anyhow::Result<()> {
@@ -217,16 +221,16 @@ pub async fn run_create(
         bail!("--account must be 1 to 64 characters");
     }
     let access = restrictions.access()?;
-    let store = open_store(data_dir, master_key_file).await?;
-    let (secret_id, secret_key) = create_restricted(&store, account, access).await?;
+    let store = store_at.open().await?;
+    let (secret_id, secret_key) = create_restricted(store.as_ref(), account, access).await?;
     println!("Created an API key for account {account:?} (the SecretKey is shown only now):");
     println!("  SecretId:  {secret_id}");
     println!("  SecretKey: {secret_key}");
     Ok(())
 }
 
-pub async fn run_list(data_dir: &Path, master_key_file: Option<&Path>) -> anyhow::Result<()> {
-    let store = open_store(data_dir, master_key_file).await?;
+pub async fn run_list(store_at: &StoreArgs) -> anyhow::Result<()> {
+    let store = store_at.open().await?;
     let keys = store.keys().await?;
     println!(
         "{:<38} {:<20} {:<9} {:<5} {:<24} RESTRICTIONS",
@@ -252,17 +256,16 @@ pub async fn run_list(data_dir: &Path, master_key_file: Option<&Path>) -> anyhow
 }
 
 pub async fn run_set_enabled(
-    data_dir: &Path,
-    master_key_file: Option<&Path>,
+    store_at: &StoreArgs,
     secret_id: &str,
     enabled: bool,
 ) -> anyhow::Result<()> {
-    let store = open_store(data_dir, master_key_file).await?;
+    let store = store_at.open().await?;
     let id: SecretId = secret_id
         .parse()
         .map_err(|e| anyhow::anyhow!("SecretId {e}"))?;
     if !store.set_key_enabled(&id, enabled).await? {
-        bail!("there is no key {secret_id} in {}", data_dir.display());
+        bail!("there is no key {secret_id} in the {}", store_at.describe());
     }
     println!(
         "{} {secret_id}",
@@ -273,14 +276,16 @@ pub async fn run_set_enabled(
 
 /// `qtask keys block|unblock ACCOUNT`: every key of a blocked account answers 4300.
 pub async fn run_set_blocked(
-    data_dir: &Path,
-    master_key_file: Option<&Path>,
+    store_at: &StoreArgs,
     account: &str,
     blocked: bool,
 ) -> anyhow::Result<()> {
-    let store = open_store(data_dir, master_key_file).await?;
+    let store = store_at.open().await?;
     if !store.set_account_blocked(account, blocked).await? {
-        bail!("there is no account {account:?} in {}", data_dir.display());
+        bail!(
+            "there is no account {account:?} in the {}",
+            store_at.describe()
+        );
     }
     println!(
         "{} account {account:?}",

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod credentials;
+pub mod database;
 pub mod exit;
 pub mod friendly;
 pub mod keys;

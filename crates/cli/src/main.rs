@@ -3,6 +3,7 @@
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use qtask::config::{ServeArgs, ServeConfig};
+use qtask::database::{self, StoreArgs};
 use qtask::exit::{Exit, EXIT_CODES_HELP};
 use qtask::resources::{InstancesCommand, LbCommand, ResourceArgs};
 use qtask::{call, catalog, friendly, keys, profile, resources, tasks};
@@ -44,21 +45,21 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Manage API keys in a data directory.
     #[command(
-        after_help = "Examples:\n  qtask keys create --account team-a\n  qtask keys list --data-dir /var/lib/qtask\n  qtask keys disable AKID…"
+        after_help = "Examples:\n  qtask keys create --account team-a\n  qtask keys list --data-dir /var/lib/qtask\n  qtask keys list --database postgres://qtask@db.internal/qtask\n  qtask keys disable AKID…"
     )]
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
-        #[arg(
-            long,
-            env = "QTASK_DATA_DIR",
-            default_value = "qtask-data",
-            global = true
-        )]
-        data_dir: PathBuf,
-        /// The master key file that seals the SecretKeys (as for `qtask serve`).
-        #[arg(long, env = "QTASK_MASTER_KEY_FILE", global = true)]
-        master_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Apply the store's migrations and exit (`qtask serve` also applies them at start).
+    #[command(after_help = "Examples:
+  qtask migrate --data-dir /var/lib/qtask
+  qtask migrate --database postgres://qtask@db.internal/qtask")]
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Sign and send one API call, print its JSON answer; --wait follows its tasks.
     #[command(after_help = format!("{}\n\n{EXIT_CODES_HELP}", call::EXAMPLES))]
@@ -192,46 +193,40 @@ fn main() -> ExitCode {
             Command::Serve(args) => qtask::serve::run(ServeConfig::resolve(*args)?)
                 .await
                 .map(done),
-            Command::Keys {
-                command,
-                data_dir,
-                master_key_file,
-            } => {
-                let key_file = master_key_file.as_deref();
-                match command {
-                    KeysCommand::Create {
-                        account,
-                        restrictions,
-                    } => keys::run_create(&data_dir, key_file, &account, restrictions)
+            Command::Keys { command, store } => match command {
+                KeysCommand::Create {
+                    account,
+                    restrictions,
+                } => keys::run_create(&store, &account, restrictions)
+                    .await
+                    .map(done),
+                KeysCommand::List => keys::run_list(&store).await.map(done),
+                KeysCommand::Disable { secret_id } => {
+                    keys::run_set_enabled(&store, &secret_id, false)
                         .await
-                        .map(done),
-                    KeysCommand::List => keys::run_list(&data_dir, key_file).await.map(done),
-                    KeysCommand::Disable { secret_id } => {
-                        keys::run_set_enabled(&data_dir, key_file, &secret_id, false)
-                            .await
-                            .map(done)
-                    }
-                    KeysCommand::Enable { secret_id } => {
-                        keys::run_set_enabled(&data_dir, key_file, &secret_id, true)
-                            .await
-                            .map(done)
-                    }
-                    KeysCommand::Block { account } => {
-                        keys::run_set_blocked(&data_dir, key_file, &account, true)
-                            .await
-                            .map(done)
-                    }
-                    KeysCommand::Unblock { account } => {
-                        keys::run_set_blocked(&data_dir, key_file, &account, false)
-                            .await
-                            .map(done)
-                    }
-                    KeysCommand::RotateMaster { new_key_file } => {
-                        keys::run_rotate_master(&data_dir, key_file, &new_key_file)
-                            .await
-                            .map(done)
-                    }
+                        .map(done)
                 }
+                KeysCommand::Enable { secret_id } => {
+                    keys::run_set_enabled(&store, &secret_id, true)
+                        .await
+                        .map(done)
+                }
+                KeysCommand::Block { account } => keys::run_set_blocked(&store, &account, true)
+                    .await
+                    .map(done),
+                KeysCommand::Unblock { account } => keys::run_set_blocked(&store, &account, false)
+                    .await
+                    .map(done),
+                KeysCommand::RotateMaster { new_key_file } => {
+                    keys::run_rotate_master(&store, &new_key_file)
+                        .await
+                        .map(done)
+                }
+            },
+            Command::Migrate { store } => {
+                let version = database::migrate(&store.data_dir, &store.database).await?;
+                println!("The {} is at schema version {version}.", store.describe());
+                Ok(done(()))
             }
             Command::Call(args) => call::run(*args).await,
             Command::Tasks(args) => tasks::run(*args).await,

@@ -2,11 +2,12 @@
 //! and stops them in order on SIGINT or SIGTERM.
 
 use crate::config::ServeConfig;
+use crate::database::open_store;
 use crate::{credentials, keys};
 use anyhow::Context;
 use qtask_engine::catalog::file::ExecutorSpec;
 use qtask_engine::catalog::Catalog;
-use qtask_engine::dispatch::{node_name, Worker, WorkerPool, WorkerSettings};
+use qtask_engine::dispatch::{host_name, Worker, WorkerPool, WorkerSettings};
 use qtask_engine::events::EventBus;
 use qtask_engine::executor::{Executor, Router, SimExecutor, SimSettings};
 use qtask_engine::{maintenance, Engine};
@@ -15,56 +16,55 @@ use qtask_server::metrics::{self, Metrics};
 use qtask_server::render::ProtocolRender;
 use qtask_server::{AppState, AuthSettings, Listeners};
 use qtask_store::Store;
-use qtask_store_sqlite::SqliteStore;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub const DATABASE_FILE: &str = "qtask.db";
+pub use crate::database::DATABASE_FILE;
 
 pub fn now_millis() -> i64 {
     qtask_engine::time::now_millis()
 }
 
-/// Opens the data directory's store (creating the directory if needed) with its master
-/// key, and seals any SecretKey still stored in plain text (a one-time step).
-pub async fn open_store(
-    data_dir: &Path,
-    master_key_file: Option<&Path>,
-) -> anyhow::Result<SqliteStore> {
-    credentials::create_private_dir(data_dir)?;
-    let master_key = keys::master_key(data_dir, master_key_file)?;
-    let path = data_dir.join(DATABASE_FILE);
-    let store = qtask_store_sqlite::open(&path)
-        .with_context(|| format!("cannot open the store {}", path.display()))?
-        .with_master_key(master_key);
-    let sealed = store.seal_plaintext_keys().await?;
-    if sealed > 0 {
-        tracing::info!(sealed, "sealed the SecretKeys stored in plain text");
-    }
-    Ok(store)
-}
-
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     crate::logging::set_format(config.log_format);
     credentials::create_private_dir(&config.data_dir)?;
+    // Two processes on one data directory would each take the other's running tasks for
+    // abandoned: with SQLite all of them, with PostgreSQL the node's (the directory
+    // names the node).
     let _lock = lock_data_dir(&config.data_dir)?;
-    let store: Arc<dyn Store> =
-        Arc::new(open_store(&config.data_dir, config.master_key_file.as_deref()).await?);
-    let data_dir = config.data_dir.display().to_string();
+    let store = open_store(
+        &config.data_dir,
+        config.master_key_file.as_deref(),
+        &config.database,
+    )
+    .await?;
     println!(
-        "qtask {} — data in {data_dir} (SQLite, WAL, synchronous=FULL)",
-        env!("CARGO_PKG_VERSION")
+        "qtask {} — {}",
+        env!("CARGO_PKG_VERSION"),
+        config.database.describe(&config.data_dir)
     );
-    bootstrap_credentials(store.as_ref(), &config.data_dir).await?;
+    bootstrap_credentials(store.as_ref(), &config.data_dir)
+        .await
+        .context(
+            "cannot read the API keys (nodes that share a database need the same master key: \
+             --master-key-file or QTASK_MASTER_KEY)",
+        )?;
 
     let catalog = Arc::new(build_catalog(&config)?);
     let listeners = bind(&config)?;
     let executor = executors(&catalog, &config)?;
+    // Stable across restarts, and unique while the data directory is locked: a node
+    // that restarts takes its own running tasks back at once (Store::recover).
+    let node = format!(
+        "{}:{}",
+        host_name(),
+        config.data_dir.canonicalize()?.display()
+    );
     let settings = WorkerSettings {
-        node: node_name(),
+        node: node.clone(),
         lease: config.lease,
     };
     let events = EventBus::default();
@@ -85,7 +85,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         config.shutdown_grace,
     );
     let recovered = store
-        .recover(now_millis())
+        .recover(now_millis(), &node)
         .await
         .context("cannot recover unfinished tasks")?;
     if !recovered.is_empty() {
@@ -140,7 +140,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     for endpoint in &endpoints {
         println!("Listening on {endpoint}{}", qtask_protocol::API_PATH);
     }
-    println!("Ready. Try: qtask call DescribeInstances --data-dir {data_dir}");
+    println!(
+        "Ready. Try: qtask call DescribeInstances --data-dir {}",
+        config.data_dir.display()
+    );
 
     let signals = tokio::spawn(stop_on_signal(draining.clone(), config.shutdown_grace));
     // Shutdown order: drain (the API answers 6200), let the pool finish or release its
@@ -311,7 +314,15 @@ async fn bootstrap_credentials(store: &dyn Store, data_dir: &Path) -> anyhow::Re
         }
         return Ok(());
     }
-    let (secret_id, secret_key) = keys::create(store, keys::DEFAULT_ACCOUNT).await?;
+    let (secret_id, secret_key) = match keys::create(store, keys::DEFAULT_ACCOUNT).await {
+        Ok(created) => created,
+        // Nodes that start together on an empty shared database: one of them wins.
+        Err(_) if !store.keys().await?.is_empty() => {
+            println!("Credentials: created by another node sharing the database");
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
     let path = credentials::write(data_dir, &secret_id, &secret_key)?;
     println!(
         "First start: created account {:?} with an API key (shown once):",

@@ -447,3 +447,183 @@ async fn nothing_acknowledged_is_lost_and_no_task_runs_twice_across_kills() {
     findings.print(&load, seed, started.elapsed());
     findings.assert_sound();
 }
+
+// ---------------------------------------------------------------------------------------
+// Several nodes on one PostgreSQL database
+// ---------------------------------------------------------------------------------------
+
+/// Nodes in the multi-node test.
+const NODES: usize = 3;
+/// How long a killed node stays down before it rejoins (past the lease and the rescue
+/// interval, so the others must rescue its tasks).
+const DOWN: Duration = Duration::from_secs(5);
+/// The documented rescue bound on a shared database (ARCHITECTURE.md, "Several nodes"):
+/// the lease, one rescue interval (lease / 4), and one more if the dead node led the
+/// maintenance (its lock passes at the next try).
+fn rescue_bound() -> Duration {
+    LEASE + LEASE / 2
+}
+/// Scheduling slack on a loaded 2-core machine, on top of the bound.
+const SLACK: Duration = Duration::from_millis(1000);
+
+/// The multi-node test (issue #4): three nodes on ports of 127.0.0.1 and one PostgreSQL
+/// schema, mixed load spread over all three, one node SIGKILLed mid-run (and, in the
+/// full mode, more kills in rounds, each node rejoining after a while). Then the crash
+/// test's checks, plus: every task a dead node was running started again on another
+/// node within the rescue bound.
+///
+/// Quick mode (CI): one kill. Full mode:
+/// `QTASK_CLUSTER_KILLS=6 cargo test --release -p qtask --test crash postgres -- --nocapture`.
+/// Needs `QTASK_TEST_DATABASE_URL` (scripts/test sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_on_postgres_lose_nothing_when_one_is_killed() {
+    use qtask_store_postgres::testing::{test_database_url, ScratchSchema, TEST_DATABASE_ENV};
+    let started = Instant::now();
+    let base = test_database_url()
+        .unwrap_or_else(|| panic!("{TEST_DATABASE_ENV} is not set (scripts/test sets it)"));
+    let kills_wanted = env_number("QTASK_CLUSTER_KILLS").map_or(1, |n| n.max(1) as usize);
+    let seed = env_number("QTASK_CRASH_SEED").unwrap_or_else(rand::random);
+    println!("multi-node test: {NODES} nodes, {kills_wanted} kill(s), QTASK_CRASH_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let schema = Arc::new(tokio::task::block_in_place(|| ScratchSchema::create(&base)));
+    let config = helpers::config_file(CONFIG);
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let journal_path = work.path().join("journal.jsonl");
+    // Every node must seal and open SecretKeys with the same master key.
+    let master_key = work.path().join("master.key");
+    std::fs::write(&master_key, qtask_store_sql::MasterKey::generate().unwrap()).unwrap();
+    std::fs::set_permissions(
+        &master_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let lease = format!("{}ms", LEASE.as_millis());
+    let args: Vec<String> = [
+        "--sim-speed",
+        "0.02",
+        "--lease",
+        &lease,
+        "--workers",
+        "8",
+        "--config",
+        &config.path().display().to_string(),
+        "--sim-journal",
+        &journal_path.display().to_string(),
+        "--master-key-file",
+        &master_key.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let mut nodes = Vec::new();
+    let first =
+        tokio::task::block_in_place(|| TestApp::spawn_node(Arc::clone(&schema), None, &args));
+    let credentials = qtask::credentials::path(&first.data_dir);
+    nodes.push(first);
+    for _ in 1..NODES {
+        nodes.push(tokio::task::block_in_place(|| {
+            TestApp::spawn_node(Arc::clone(&schema), Some(&credentials), &args)
+        }));
+    }
+    let load = Load::spread(nodes.iter().map(TestApp::client).collect());
+    let loops: Vec<_> = (0..CLIENT_LOOPS + 2)
+        .map(|n| {
+            tokio::spawn(Arc::clone(&load).run(StdRng::seed_from_u64(seed.wrapping_add(n + 1))))
+        })
+        .collect();
+
+    let mut kills = Vec::new();
+    for round in 0..kills_wanted {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..2500))).await;
+        let victim = rng.gen_range(0..NODES);
+        let pid = server_pid(&nodes[victim].data_dir);
+        nodes[victim].kill();
+        kills.push(Kill {
+            pid,
+            at: now_millis(),
+        });
+        println!("round {round}: killed node {victim} (pid {pid})");
+        let alive: Vec<_> = (0..NODES).filter(|n| *n != victim).collect();
+        load.spread_over(alive.iter().map(|n| nodes[*n].client()).collect());
+        // The others must take over its tasks while it is down.
+        tokio::time::sleep(DOWN).await;
+        tokio::task::block_in_place(|| nodes[victim].restart(None));
+        load.spread_over(nodes.iter().map(TestApp::client).collect());
+    }
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
+    load.stop();
+    for client_loop in loops {
+        client_loop.await.expect("a client loop");
+    }
+
+    let client = Arc::new(nodes[0].client());
+    let drained = audit::drain(&client, DRAIN_DEADLINE).await;
+    let acknowledged = load.acknowledged();
+    let unsettled = audit::unsettled(Arc::clone(&client), &acknowledged).await;
+    let instances = audit::instances(&client).await;
+    let disagreements = audit::disagreements(&client, &instances).await;
+    let running_by_api = audit::tasks_in(&client, "RUNNING").await;
+    for node in &mut nodes {
+        let status = node.terminate();
+        assert!(status.success(), "a graceful stop failed: {status}");
+    }
+    let url = schema.url();
+    let stats = tokio::task::spawn_blocking(move || {
+        let store = qtask_store_postgres::open(&url).expect("the store opens");
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(store.stats())
+    })
+    .await
+    .unwrap()
+    .expect("the store's stats");
+    let journal =
+        Journal::parse(&std::fs::read_to_string(&journal_path).expect("the journal is readable"));
+    let overlaps = journal.overlaps(&kills);
+    let resumptions = journal.resumptions(&kills);
+
+    let findings = Findings {
+        kills,
+        freezes: 0,
+        acknowledged,
+        unsettled,
+        drained,
+        instances: instances.len(),
+        disagreements,
+        running_by_api,
+        stats,
+        journal,
+        overlaps,
+    };
+    findings.print(&load, seed, started.elapsed());
+    let resumed: Vec<i64> = resumptions.iter().filter_map(|r| r.after_ms).collect();
+    let slowest = resumed.iter().copied().max();
+    figure("tasks a killed node was running", resumptions.len(), false);
+    figure("  started again on another node", resumed.len(), false);
+    figure(
+        "  slowest restart after the kill",
+        slowest.map_or("-".into(), |ms| format!("{ms} ms")),
+        false,
+    );
+    figure(
+        "  rescue bound (1.5 × lease)",
+        format!("{} ms", rescue_bound().as_millis()),
+        false,
+    );
+    findings.assert_sound();
+    let late: Vec<_> = resumptions
+        .iter()
+        .filter(|r| {
+            r.after_ms
+                .is_some_and(|ms| ms > (rescue_bound() + SLACK).as_millis() as i64)
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "tasks of a killed node that restarted later than the rescue bound: {}",
+        head(&late)
+    );
+}

@@ -7,7 +7,8 @@
 //! task never runs in two places at once — and should a frozen worker wake up late,
 //! the store refuses its outcome by the fence. Store writes are retried with backoff;
 //! if the process dies, the task is found RUNNING or QUEUED at the next start and run
-//! again.
+//! again. On a database several nodes share, idle workers also take tasks other nodes
+//! committed (see [`sweep`]).
 
 use crate::catalog::Catalog;
 use crate::events::{EventBus, EventKind, TaskEvent};
@@ -46,10 +47,14 @@ impl Default for WorkerSettings {
 
 /// A name for this process as a lease owner: host and process ID.
 pub fn node_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "qtask".into());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|_| "qtask".into())
 }
 
 /// The tasks this process is running, with the signal that asks each to cancel, and
@@ -435,6 +440,45 @@ impl WorkerPool {
     }
 }
 
+/// On a store several nodes share: how often a node with idle workers looks for
+/// runnable tasks that no notification announced (their node died between committing
+/// and running them, or a notification was missed while reconnecting).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// On a shared store, idle workers take runnable tasks that other nodes committed: at
+/// once when a node announces some, and every [`SWEEP_INTERVAL`] in any case. Claims
+/// decide who runs a task, so looking at the same tasks as another node is harmless.
+async fn sweep(
+    store: Arc<dyn Store>,
+    dispatcher: Dispatcher,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    let Some(announced) = store.ready_signal() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = announced.notified() => {}
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+        }
+        let idle = slots.available_permits();
+        if idle == 0 {
+            continue;
+        }
+        match store.ready(u32::try_from(idle).unwrap_or(u32::MAX)).await {
+            // Tasks waiting out a backoff are left to a later sweep (or to the timer
+            // of the node that scheduled the retry).
+            Ok(ready) => {
+                let now = now_millis();
+                dispatcher.enqueue(ready.into_iter().filter(|r| r.not_before <= now));
+            }
+            Err(error) => tracing::warn!(%error, "cannot look for runnable tasks"),
+        }
+    }
+}
+
 async fn run(
     worker: Arc<Worker>,
     dispatcher: Dispatcher,
@@ -445,6 +489,14 @@ async fn run(
 ) {
     let slots = Arc::new(Semaphore::new(workers));
     let stop = CancellationToken::new();
+    if worker.store.shared() {
+        tokio::spawn(sweep(
+            Arc::clone(&worker.store),
+            dispatcher.clone(),
+            Arc::clone(&slots),
+            shutdown.clone(),
+        ));
+    }
     loop {
         // Take a task only when a worker slot is free.
         let slot = tokio::select! {

@@ -1,6 +1,7 @@
 //! Background upkeep: rescuing tasks whose lease expired, and retention — deleting
 //! finished tasks, spent nonces, old client tokens and retired resources in small
-//! batches, each its own short write, so submissions and dispatch never wait long.
+//! batches, each its own short write, so submissions and dispatch never wait long. On a
+//! database several nodes share, only the node that leads the maintenance runs them.
 
 use crate::catalog::Catalog;
 use crate::dispatch::Dispatcher;
@@ -99,6 +100,18 @@ pub fn rescued_tasks() -> u64 {
     RESCUED_TASKS.load(Ordering::Relaxed)
 }
 
+/// Whether this node runs the maintenance now: on a store several nodes share, one of
+/// them at a time does (the store elects it); an error counts as not leading.
+async fn leads(store: &dyn Store) -> bool {
+    match store.lead_maintenance().await {
+        Ok(leads) => leads,
+        Err(error) => {
+            tracing::warn!(%error, "cannot tell whether this node leads the maintenance");
+            false
+        }
+    }
+}
+
 /// Starts the rescue and retention loops; they end when `stop` is cancelled.
 pub fn start(
     store: Arc<dyn Store>,
@@ -118,6 +131,9 @@ pub fn start(
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = rescue.tick() => {
+                    if !leads(store.as_ref()).await {
+                        continue;
+                    }
                     match store.rescue(now_millis(), dispatcher.running()).await {
                         Ok(rescued) if !rescued.is_empty() => {
                             RESCUED_TASKS.fetch_add(rescued.len() as u64, Ordering::Relaxed);
@@ -129,6 +145,9 @@ pub fn start(
                     }
                 }
                 _ = purge.tick() => {
+                    if !leads(store.as_ref()).await {
+                        continue;
+                    }
                     match purge_expired(store.as_ref(), &catalog, &retention, &stop).await {
                         Ok(report) if report != PurgeReport::default() => {
                             tracing::info!(?report, "retention deleted expired records");

@@ -671,7 +671,7 @@ async fn shutdown_gives_tasks_still_running_after_the_grace_back_to_the_queue() 
     assert_eq!(released.state, TaskState::Queued, "back in the queue");
     assert_eq!(released.run.lease, None);
     // The next start takes it at once.
-    let recovered = f.store.recover(now_millis()).await.unwrap();
+    let recovered = f.store.recover(now_millis(), "test").await.unwrap();
     assert_eq!(
         recovered.iter().map(|r| r.task).collect::<Vec<_>>(),
         vec![task]

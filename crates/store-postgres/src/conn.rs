@@ -39,7 +39,7 @@ impl Target {
         // A commit answered before it is durable would break qtask's promise, whatever
         // the server's default.
         client
-            .batch_execute("SET synchronous_commit = on")
+            .batch_execute("SET synchronous_commit = on; SET client_min_messages = warning")
             .map_err(backend)?;
         Ok(client)
     }

@@ -269,15 +269,13 @@ where
             .await
     }
 
-    async fn recover(&self, now: UnixMillis) -> StoreResult<Vec<Runnable>> {
-        let shared = self.shared();
+    async fn recover(&self, now: UnixMillis, node: &str) -> StoreResult<Vec<Runnable>> {
+        // Other nodes may be running tasks of a shared database: their leases say which
+        // are abandoned, and rescue takes those back.
+        let only = self.shared().then(|| node.to_owned());
         self.writer
             .write(move |db, _| {
-                // Other nodes may be running tasks of a shared database: their leases
-                // say which are abandoned, and rescue takes those back.
-                if !shared {
-                    writes::requeue_running(db, now)?;
-                }
+                writes::requeue_running(db, now, only.as_deref())?;
                 writes::ready(db, u32::MAX)
             })
             .await

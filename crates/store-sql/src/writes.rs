@@ -699,13 +699,15 @@ pub fn rescue(db: &mut dyn Db, now: UnixMillis, keep: &[RequestId]) -> StoreResu
     Ok(runnable)
 }
 
-/// Puts every RUNNING task back to QUEUED: at start-up, on a store this process holds
-/// alone, nothing can still be running them.
-pub fn requeue_running(db: &mut dyn Db, now: UnixMillis) -> StoreResult<()> {
+/// Puts RUNNING tasks back to QUEUED at start-up: all of them on a store this process
+/// holds alone, or those leased by `owner` (a restarted node) — nothing else can still
+/// be running them.
+pub fn requeue_running(db: &mut dyn Db, now: UnixMillis, owner: Option<&str>) -> StoreResult<()> {
     let running = ids_of(
         db,
-        "SELECT id FROM tasks WHERE state = 'RUNNING' ORDER BY id",
-        args![],
+        "SELECT id FROM tasks WHERE state = 'RUNNING'
+           AND (CAST(?1 AS TEXT) IS NULL OR lease_owner = ?1) ORDER BY id",
+        args![owner],
     )?;
     if !running.is_empty() {
         tracing::warn!(

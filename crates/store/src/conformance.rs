@@ -588,9 +588,10 @@ fn ids_of<T>(items: &[T], id: impl Fn(&T) -> RequestId) -> Vec<RequestId> {
     items.iter().map(id).collect()
 }
 
+/// Recovery as another node than the one holding the leases ([`OWNER`]) starts.
 async fn recover(store: &dyn Store, now: UnixMillis) -> Vec<Runnable> {
     store
-        .recover(now)
+        .recover(now, "node-2")
         .await
         .unwrap_or_else(|e| panic!("recover failed: {e}"))
 }
@@ -2078,6 +2079,25 @@ pub async fn recover_requeues_running_tasks(store: &dyn Store) {
             "a claim after recovery draws a larger fence"
         );
     }
+}
+
+/// A node that restarts takes back its own running tasks at once, on every store (it
+/// held them; nothing else can be running them).
+pub async fn recover_requeues_the_running_tasks_of_the_restarted_node(store: &dyn Store) {
+    let a = account(store, "main").await;
+    for n in 1..=2 {
+        instance(store, a, gz(), &ins(n), "RUNNING", json!({}), T0).await;
+    }
+    let stop = effect(Some("STOPPING"), Some("STOPPED"), None);
+    let mine = start_task(store, a, &ins(1), "StopInstances", stop.clone(), T0 + 1).await;
+    let queued = start_task(store, a, &ins(2), "StopInstances", stop, T0 + 2).await;
+    claim(store, mine, T0 + 3).await;
+    let now = T0 + 10;
+    let recovered = store.recover(now, OWNER).await.expect("recover");
+    assert_eq!(due_by(&recovered, now), vec![mine, queued]);
+    let record = must_task(store, a, mine).await;
+    assert_eq!(record.state, TaskState::Queued, "requeued at once");
+    assert_eq!(record.run.lease, None);
 }
 
 /// Everything committed survives closing and reopening the database, recovery after a
@@ -5371,6 +5391,7 @@ macro_rules! conformance_tests {
             complete_failure_restores_the_state,
             complete_ignores_tasks_that_are_not_running,
             recover_requeues_running_tasks,
+            recover_requeues_the_running_tasks_of_the_restarted_node,
             fences_grow_with_every_claim,
             renew_needs_the_current_fence,
             a_stale_fence_cannot_complete,

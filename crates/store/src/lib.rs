@@ -107,11 +107,12 @@ pub trait Store: AuditLog + Send + Sync + 'static {
     /// in `keep` (tasks this process still runs); returns them.
     async fn rescue(&self, now: UnixMillis, keep: Vec<RequestId>) -> StoreResult<Vec<Runnable>>;
 
-    /// At start-up: returns every QUEUED task at the head of its resource's queue, in
-    /// submission order. On a store this process holds alone it first puts every
-    /// RUNNING task back to QUEUED; on a shared one, rescue takes back the tasks of
-    /// nodes that died, once their leases expire.
-    async fn recover(&self, now: UnixMillis) -> StoreResult<Vec<Runnable>>;
+    /// At start-up of the node `node` (its lease owner name): puts RUNNING tasks back to
+    /// QUEUED — every one on a store this process holds alone; on a shared store only
+    /// `node`'s own (a restarted node; other nodes' tasks are rescued once their leases
+    /// expire) — then returns every QUEUED task at the head of its resource's queue, in
+    /// submission order.
+    async fn recover(&self, now: UnixMillis, node: &str) -> StoreResult<Vec<Runnable>>;
 
     /// Up to `limit` QUEUED tasks at the head of their resource's queue (due now or
     /// later), oldest first: what a node with idle workers may claim.

@@ -703,14 +703,15 @@ async fn every_help_has_examples() {
 async fn watch_prints_a_chains_events_in_order_and_exits_with_its_outcome() {
     let (app, ids) = app_with(
         &["web", "db qtask-fail:StopInstances"],
-        &["--sim-speed", "0.5"],
+        &["--sim-speed", "1"],
     )
     .await;
     let list = ids.join(",");
     let stop = qtask_call_app(&app, &["StopInstances", "--instanceIds", &list]);
     assert_exit(&stop, 0);
     let chain = stdout_json(&stop)["requestId"].as_str().unwrap().to_owned();
-    // Stops take 4 s here: the stream opens while they run, and ends with the chain.
+    // Stops take 8 s here (long enough for a loaded machine to start the watch): the
+    // stream opens while they run, and ends with the chain.
     let watched = qtask_app(&app, &["tasks", "watch", &chain, "--output", "json"]);
     assert_exit(&watched, 1);
     let events: Vec<Value> = stdout_text(&watched)

@@ -253,7 +253,7 @@ async fn an_account_over_its_unfinished_task_limit_answers_4400_and_creates_noth
     // Slow tasks stay unfinished while the test submits more.
     let (app, ids) = app_with(
         &["a", "b", "c"],
-        &["--sim-speed", "0.001", "--max-unfinished-tasks", "2"],
+        &["--sim-speed", "0.05", "--max-unfinished-tasks", "2"],
     )
     .await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -329,7 +329,7 @@ fn database_files_containing(app: &TestApp, needle: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_copy_of_the_database_reveals_no_secret_key_and_no_password() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::spawn_on_sqlite(&["--sim-speed", "0"]).await;
     let (secret_id, canary_key) = app.create_key("default");
     let canary_password = "Canary7Pass9Word";
     let client = app.client_for(
@@ -370,7 +370,7 @@ async fn a_copy_of_the_database_reveals_no_secret_key_and_no_password() {
 
 #[tokio::test]
 async fn keys_stored_in_plain_text_are_sealed_at_the_next_start() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::spawn_on_sqlite(&["--sim-speed", "0"]).await;
     app.kill();
     let plain = "plain-canary-0123456789abcdefghij";
     {

@@ -16,9 +16,33 @@ use std::time::{Duration, Instant};
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Chooses the store the tests' servers use: `QTASK_TEST_BACKEND=postgres` runs them on
+/// PostgreSQL (a scratch schema of `QTASK_TEST_DATABASE_URL` per server), anything else
+/// on SQLite in the data directory.
+pub fn postgres_backend() -> bool {
+    match std::env::var("QTASK_TEST_BACKEND").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("QTASK_TEST_BACKEND must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// A scratch PostgreSQL schema for one server, when the tests run on PostgreSQL.
+fn scratch_database() -> Option<qtask_store_postgres::testing::ScratchSchema> {
+    use qtask_store_postgres::testing::{test_database_url, ScratchSchema, TEST_DATABASE_ENV};
+    postgres_backend().then(|| {
+        let base = test_database_url().unwrap_or_else(|| {
+            panic!("QTASK_TEST_BACKEND=postgres needs {TEST_DATABASE_ENV} (scripts/test sets it)")
+        });
+        ScratchSchema::create(&base)
+    })
+}
+
 pub struct TestApp {
     child: Child,
     pub data_dir: PathBuf,
+    /// The server's PostgreSQL schema when the tests run on PostgreSQL.
+    pub database: Option<std::sync::Arc<qtask_store_postgres::testing::ScratchSchema>>,
     /// Keeps the directory alive; `None` when the caller owns it.
     _dir: Option<tempfile::TempDir>,
     pub http: SocketAddr,
@@ -39,18 +63,58 @@ impl TestApp {
     pub async fn spawn_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let data_dir = dir.path().join("data");
-        let mut app = Self::start(&data_dir, args);
+        let database = scratch_database().map(std::sync::Arc::new);
+        let mut app = Self::start(&data_dir, database, args);
         app._dir = Some(dir);
         app
     }
 
-    fn start(data_dir: &Path, args: &[&str]) -> Self {
+    /// A server on SQLite whatever the tests' backend: for checks of the SQLite file
+    /// itself (what a copy of it reveals, a backup of it).
+    pub async fn spawn_on_sqlite(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data_dir = dir.path().join("data");
+        let mut app = Self::start(&data_dir, None, args);
+        app._dir = Some(dir);
+        app
+    }
+
+    /// A node of a cluster: a server with its own data directory on `database`, which
+    /// other nodes share. `credentials` (another node's credentials file) makes this
+    /// node's clients sign with that node's key; without it the node must be the first.
+    pub fn spawn_node(
+        database: std::sync::Arc<qtask_store_postgres::testing::ScratchSchema>,
+        credentials: Option<&Path>,
+        args: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data_dir = dir.path().join("data");
+        if let Some(from) = credentials {
+            qtask::credentials::create_private_dir(&data_dir).expect("the data directory");
+            std::fs::copy(from, qtask::credentials::path(&data_dir)).expect("the credentials");
+        }
+        let mut app = Self::start(&data_dir, Some(database), args);
+        app._dir = Some(dir);
+        app
+    }
+
+    /// The environment that points a `qtask` command at this server's store.
+    pub fn store_env(&self) -> Vec<(&'static str, String)> {
+        database_env(self.database.as_deref())
+    }
+
+    fn start(
+        data_dir: &Path,
+        database: Option<std::sync::Arc<qtask_store_postgres::testing::ScratchSchema>>,
+        args: &[&str],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_qtask"))
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
             .args(args)
+            .envs(database_env(database.as_deref()))
             .env("QTASK_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -64,6 +128,7 @@ impl TestApp {
         Self {
             child,
             data_dir: data_dir.to_owned(),
+            database,
             _dir: None,
             http: address("http"),
             https: address("https"),
@@ -235,7 +300,7 @@ impl TestApp {
         };
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let dir = self._dir.take();
-        let fresh = Self::start(&self.data_dir, &arg_refs);
+        let fresh = Self::start(&self.data_dir, self.database.clone(), &arg_refs);
         let old = std::mem::replace(self, fresh);
         drop(old);
         self._dir = dir;
@@ -250,6 +315,14 @@ impl Drop for TestApp {
 }
 
 // ---- General-purpose waits and fixtures (added for the task and durability tests) ----
+
+/// `QTASK_DATABASE` for a server's (or a command's) store: its scratch schema, or SQLite.
+pub fn database_env(
+    database: Option<&qtask_store_postgres::testing::ScratchSchema>,
+) -> Vec<(&'static str, String)> {
+    let url = database.map_or_else(|| "sqlite".to_owned(), |schema| schema.url());
+    vec![("QTASK_DATABASE", url)]
+}
 
 /// Polls `probe` every 20 ms until it yields `Some`, failing the test after [`DEADLINE`].
 /// `what` says what is awaited, for the failure message.
@@ -402,6 +475,7 @@ pub fn run_keys(app: &TestApp, args: &[&str]) -> std::process::Output {
         .args(args)
         .arg("--data-dir")
         .arg(&app.data_dir)
+        .envs(app.store_env())
         .env("QTASK_LOG", "warn")
         .output()
         .expect("qtask keys runs")

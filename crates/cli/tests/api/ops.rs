@@ -707,7 +707,7 @@ print(sqlite3.connect(sys.argv[2]).execute('PRAGMA integrity_check').fetchone()[
 
 #[tokio::test]
 async fn a_vacuum_into_backup_under_load_restores_every_acknowledged_task() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_on_sqlite(&["--sim-speed", "0"]).await;
     let mut acknowledged = Vec::new();
     for _ in 0..5 {
         let answer = app.call("RunInstances", &[("goodsNum", "2")]).await;

@@ -3,12 +3,11 @@
 //! accepted (both methods and signature methods, `_` names, `@` values on POST, the
 //! optional signed parameters, legacy region codes, HTTPS).
 
-use crate::helpers::TestApp;
+use crate::helpers::{qtask_keys, TestApp};
 use qtask::client::{fresh_nonce, unix_seconds, Client, ClientConfig, ClientError};
 use qtask_protocol::signature::{sign, string_to_sign, HttpMethod, SignatureMethod};
 use qtask_protocol::{Params, API_PATH};
 use serde_json::Value;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAX_NONCE: &str = "9223372036854775807";
@@ -106,36 +105,6 @@ fn assert_refused(answer: &Value, code: u64, code_desc: &str, fragments: &[&str]
 fn assert_ok(answer: &Value, case: &str) {
     assert_eq!(answer["code"], 0, "{case}: {answer}");
     assert_eq!(answer["codeDesc"], "Success", "{case}: {answer}");
-}
-
-/// Runs the `qtask` binary (key management beside a running server); returns stdout.
-fn qtask(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_qtask"))
-        .args(args)
-        .env("QTASK_LOG", "warn")
-        .output()
-        .expect("the qtask binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "qtask {args:?} failed ({}): {stdout}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-/// Creates a key with `qtask keys create`; returns (SecretId, SecretKey).
-fn create_key(app: &TestApp, account: &str) -> (String, String) {
-    let dir = app.data_dir.to_str().expect("a UTF-8 path");
-    let out = qtask(&["keys", "create", "--account", account, "--data-dir", dir]);
-    let field = |label: &str| {
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|| panic!("no {label} in {out}"))
-    };
-    (field("SecretId:"), field("SecretKey:"))
 }
 
 /// A plain HTTP client for requests the signing client cannot make.
@@ -475,8 +444,7 @@ async fn an_unknown_secret_id_is_refused() {
 #[tokio::test]
 async fn a_key_disabled_with_the_cli_is_refused_until_enabled_again() {
     let app = TestApp::spawn().await;
-    let dir = app.data_dir.to_str().expect("a UTF-8 path");
-    let (id, key) = create_key(&app, "default");
+    let (id, key) = app.create_key("default");
     let client = app.client_for(&id, &key, HttpMethod::Post, SignatureMethod::HmacSha1);
     let describe = || async {
         client
@@ -486,9 +454,9 @@ async fn a_key_disabled_with_the_cli_is_refused_until_enabled_again() {
     };
     assert_ok(&describe().await, "a new key, before disabling");
 
-    let out = qtask(&["keys", "disable", &id, "--data-dir", dir]);
+    let out = qtask_keys(&app, &["disable", &id]);
     assert!(out.contains(&format!("Disabled {id}")), "{out}");
-    let listing = qtask(&["keys", "list", "--data-dir", dir]);
+    let listing = qtask_keys(&app, &["list"]);
     let line = listing
         .lines()
         .find(|l| l.contains(&id))
@@ -507,7 +475,7 @@ async fn a_key_disabled_with_the_cli_is_refused_until_enabled_again() {
         "the account's other key",
     );
 
-    let out = qtask(&["keys", "enable", &id, "--data-dir", dir]);
+    let out = qtask_keys(&app, &["enable", &id]);
     assert!(out.contains(&format!("Enabled {id}")), "{out}");
     assert_ok(&describe().await, "the key enabled again");
 }
@@ -686,7 +654,7 @@ async fn a_nonce_reused_for_another_request_is_a_replay() {
     assert_eq!(count(&answer), 0, "{answer}");
 
     // Nonces belong to a SecretId: another key may use the same number.
-    let (id, key) = create_key(&app, "other");
+    let (id, key) = app.create_key("other");
     let other = app.client_for(&id, &key, HttpMethod::Get, SignatureMethod::HmacSha256);
     let mut params = request_as(&id, "DescribeInstances", &[("limit", "1")]);
     params.set("Nonce", nonce.clone());

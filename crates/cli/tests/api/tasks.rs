@@ -1045,7 +1045,7 @@ async fn a_client_token_replays_the_first_answer_and_creates_nothing_new() {
 
 #[tokio::test]
 async fn passwords_never_appear_in_answers_or_in_the_database() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_on_sqlite(&["--sim-speed", "0"]).await;
     let run = app
         .call("RunInstances", &[("goodsNum", "2"), ("password", CANARY)])
         .await;

@@ -161,6 +161,39 @@ impl Journal {
     }
 }
 
+/// A task a kill cut short, and how long after the kill its next attempt started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumption {
+    pub task: u64,
+    pub killed_at: i64,
+    /// `None`: no later attempt (it was canceled, or never ran again).
+    pub after_ms: Option<i64>,
+}
+
+impl Journal {
+    /// For every attempt a kill cut short: when the task's next attempt started.
+    pub fn resumptions(&self, kills: &[Kill]) -> Vec<Resumption> {
+        self.attempts
+            .iter()
+            .filter(|a| a.end.is_none())
+            .filter_map(|cut| {
+                let killed_at = killed_while_running(cut, kills)?;
+                let next = self
+                    .attempts
+                    .iter()
+                    .filter(|a| a.task == cut.task && a.start >= killed_at)
+                    .map(|a| a.start)
+                    .min();
+                Some(Resumption {
+                    task: cut.task,
+                    killed_at,
+                    after_ms: next.map(|start| start - killed_at),
+                })
+            })
+            .collect()
+    }
+}
+
 /// When the attempt's process was killed, if it was after the attempt started.
 fn killed_while_running(attempt: &Attempt, kills: &[Kill]) -> Option<i64> {
     kills

@@ -42,7 +42,8 @@ impl Tally {
 
 /// What the loops share: the current server's client, what they learned, and the stop.
 pub struct Load {
-    client: RwLock<Arc<Client>>,
+    /// One client per server the load is spread over.
+    clients: RwLock<Vec<Arc<Client>>>,
     instances: Mutex<Vec<String>>,
     acknowledged: Mutex<Vec<String>>,
     pub tally: Tally,
@@ -66,8 +67,14 @@ struct Call {
 
 impl Load {
     pub fn new(client: Client) -> Arc<Self> {
+        Self::spread(vec![client])
+    }
+
+    /// A load spread over several servers (nodes of one cluster): each call goes to one
+    /// of them at random.
+    pub fn spread(clients: Vec<Client>) -> Arc<Self> {
         Arc::new(Self {
-            client: RwLock::new(Arc::new(client)),
+            clients: RwLock::new(clients.into_iter().map(Arc::new).collect()),
             instances: Mutex::new(Vec::new()),
             acknowledged: Mutex::new(Vec::new()),
             tally: Tally::default(),
@@ -77,11 +84,17 @@ impl Load {
 
     /// Points the loops at a restarted server (its ports are new).
     pub fn switch_to(&self, client: Client) {
-        *self.client.write().unwrap() = Arc::new(client);
+        self.spread_over(vec![client]);
     }
 
-    pub fn client(&self) -> Arc<Client> {
-        Arc::clone(&self.client.read().unwrap())
+    /// Points the loops at these servers from now on.
+    pub fn spread_over(&self, clients: Vec<Client>) {
+        *self.clients.write().unwrap() = clients.into_iter().map(Arc::new).collect();
+    }
+
+    fn client(&self, rng: &mut StdRng) -> Arc<Client> {
+        let clients = self.clients.read().unwrap();
+        Arc::clone(&clients[rng.gen_range(0..clients.len())])
     }
 
     pub fn stop(&self) {
@@ -99,7 +112,7 @@ impl Load {
             let call = self.pick(&mut rng);
             Tally::bump(&self.tally.calls);
             let answer = self
-                .client()
+                .client(&mut rng)
                 .call(call.action, call.params.iter().cloned())
                 .await;
             let unacknowledged = match answer {
