@@ -17,6 +17,7 @@ use qtask_store::{
     Store, Submission, Submitted, Target, TaskOutcome, TaskRecord,
 };
 
+use qtask_store_postgres::testing::{scratch_if_postgres, ScratchSchema};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -26,17 +27,31 @@ use tokio_util::sync::CancellationToken;
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    _schema: Option<ScratchSchema>,
     store: Arc<dyn Store>,
     account: AccountId,
 }
 
+/// A fresh store: SQLite, or PostgreSQL under `QTASK_TEST_BACKEND=postgres`.
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(qtask_store_sqlite::open(&dir.path().join("q.db")).unwrap());
+    let schema = scratch_if_postgres();
+    let store: Arc<dyn Store> = match &schema {
+        None => Arc::new(qtask_store_sqlite::open(&dir.path().join("q.db")).unwrap()),
+        Some(schema) => {
+            let url = schema.url();
+            Arc::new(
+                tokio::task::spawn_blocking(move || qtask_store_postgres::open(&url))
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+        }
+    };
     let account = store.create_account("test", 0).await.unwrap();
     Fixture {
         _dir: dir,
+        _schema: schema,
         store,
         account,
     }

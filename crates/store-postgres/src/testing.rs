@@ -12,6 +12,26 @@ pub fn test_database_url() -> Option<String> {
         .filter(|url| !url.is_empty())
 }
 
+/// Whether the tests that can run on either backend should use PostgreSQL:
+/// `QTASK_TEST_BACKEND=postgres` (scripts/test runs them so in a second pass).
+pub fn postgres_backend() -> bool {
+    match std::env::var("QTASK_TEST_BACKEND").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("QTASK_TEST_BACKEND must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// A scratch schema of the test database when the tests run on PostgreSQL.
+pub fn scratch_if_postgres() -> Option<ScratchSchema> {
+    postgres_backend().then(|| {
+        let base = test_database_url().unwrap_or_else(|| {
+            panic!("QTASK_TEST_BACKEND=postgres needs {TEST_DATABASE_ENV} (scripts/test sets it)")
+        });
+        ScratchSchema::create(&base)
+    })
+}
+
 /// A schema no other test uses, dropped (with everything in it) when this is dropped.
 pub struct ScratchSchema {
     base: String,

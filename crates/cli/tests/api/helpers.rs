@@ -16,28 +16,6 @@ use std::time::{Duration, Instant};
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Chooses the store the tests' servers use: `QTASK_TEST_BACKEND=postgres` runs them on
-/// PostgreSQL (a scratch schema of `QTASK_TEST_DATABASE_URL` per server), anything else
-/// on SQLite in the data directory.
-pub fn postgres_backend() -> bool {
-    match std::env::var("QTASK_TEST_BACKEND").as_deref() {
-        Ok("postgres") => true,
-        Ok("sqlite") | Ok("") | Err(_) => false,
-        Ok(other) => panic!("QTASK_TEST_BACKEND must be sqlite or postgres, not {other:?}"),
-    }
-}
-
-/// A scratch PostgreSQL schema for one server, when the tests run on PostgreSQL.
-fn scratch_database() -> Option<qtask_store_postgres::testing::ScratchSchema> {
-    use qtask_store_postgres::testing::{test_database_url, ScratchSchema, TEST_DATABASE_ENV};
-    postgres_backend().then(|| {
-        let base = test_database_url().unwrap_or_else(|| {
-            panic!("QTASK_TEST_BACKEND=postgres needs {TEST_DATABASE_ENV} (scripts/test sets it)")
-        });
-        ScratchSchema::create(&base)
-    })
-}
-
 pub struct TestApp {
     child: Child,
     pub data_dir: PathBuf,
@@ -63,7 +41,8 @@ impl TestApp {
     pub async fn spawn_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let data_dir = dir.path().join("data");
-        let database = scratch_database().map(std::sync::Arc::new);
+        let database =
+            qtask_store_postgres::testing::scratch_if_postgres().map(std::sync::Arc::new);
         let mut app = Self::start(&data_dir, database, args);
         app._dir = Some(dir);
         app
