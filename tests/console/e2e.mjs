@@ -6,6 +6,7 @@
 //   QTASK_INSTANCES     two running instances to stop, comma-separated: a healthy one
 //                       and one whose name makes the simulator fail StopInstances
 //   QTASK_SPARE         a third running instance, restarted from outside the page
+//   QTASK_LOAD_BALANCER a load balancer with QTASK_SPARE as its backend, weight 30
 //   QTASK_SCREENSHOTS   where to save screenshots of the main views
 // It signs its own calls with node:crypto (a second, independent implementation of the
 // protocol's signing) to act on the server behind the page's back.
@@ -26,6 +27,7 @@ const secretId = env('QTASK_SECRET_ID');
 const secretKey = env('QTASK_SECRET_KEY');
 const [healthy, failing] = env('QTASK_INSTANCES').split(',');
 const spare = env('QTASK_SPARE');
+const loadBalancer = env('QTASK_LOAD_BALANCER');
 const shots = env('QTASK_SCREENSHOTS');
 const origin = new URL(consoleUrl).origin;
 const TIMEOUT = 20_000;
@@ -82,7 +84,7 @@ try {
 
   step('sign in and see the instances');
   await page.fill('#in-secretKey', secretKey);
-  await page.click('#sign-in button[type=submit]');
+  await page.press('#in-secretKey', 'Enter'); // the keyboard is enough
   for (const id of [healthy, failing, spare]) {
     await page.locator(`#instances tr[data-id="${id}"]`).waitFor();
   }
@@ -122,6 +124,15 @@ try {
   check(truth.message.includes('qtask-fail') || truth.code === 5100, `the simulator's failure: ${JSON.stringify(truth)}`);
   await page.screenshot({ path: join(shots, 'task.png'), fullPage: true });
 
+  step('retry the failed task: a new chain, which fails again (5100)');
+  await page.click('#retry');
+  await page.click('dialog[open] button.primary');
+  const retried = await page.locator('.notice').textContent();
+  check(retried.startsWith('Retry accepted (code 0)'), `retry: ${retried}`);
+  await page.click('.notice a');
+  await page.locator('#aggregate-code').filter({ hasText: '5100' }).waitFor();
+  check(await page.locator(`.chain-page tr[data-id="${failing}"][data-state=FAILED]`).count() === 1, 'the retried task failed again');
+
   step('the task list updates live, without a reload');
   await page.goto(`${consoleUrl}/#/tasks`);
   await page.locator('#live-status[data-state=live]').waitFor();
@@ -143,11 +154,20 @@ try {
     return rows.some((r) => r.dataset.id === task) && rows.every((r) => r.dataset.state === 'FAILED');
   }, failedTask);
 
+  step('load balancers and their backends');
+  await page.goto(`${consoleUrl}/#/lb`);
+  await page.click(`#load-balancers a[href="#/lb/${loadBalancer}"]`);
+  const backend = page.locator('#backends tbody tr').filter({ hasText: spare });
+  await backend.waitFor();
+  const backendText = await backend.textContent();
+  check(backendText.includes('30') && backendText.includes('RUNNING 2'), `backend: ${backendText}`);
+  await page.screenshot({ path: join(shots, 'load-balancer.png'), fullPage: true });
+
   step('queue health');
   await page.goto(`${consoleUrl}/#/health`);
   await page.locator('#stat-finished').waitFor();
   const finished = Number(await page.locator('#stat-finished .stat-value').textContent());
-  check(finished >= 6, `finished in the window: ${finished}`); // 3 launches, 2 stops, 1 restart
+  check(finished >= 9, `finished in the window: ${finished}`); // 3 launches, LB + backend, 2 stops, retry, restart
   check(await page.locator('.chart svg rect.failed').count() >= 1, 'the failed stop is charted');
   await page.screenshot({ path: join(shots, 'health.png'), fullPage: true });
 

@@ -24,10 +24,15 @@ function liveIndicator() {
   return { node, set };
 }
 
-/** Calls `fn` once after a burst of calls has settled (events come in bursts). */
-function debounce(fn, ms) {
+/**
+ * Calls `fn` at most once per `ms`, `ms` after the first call of a burst: a busy
+ * stream of events costs one re-read per interval, and the last event is never lost.
+ */
+function throttle(fn, ms) {
   let timer = null;
-  return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
+  return () => {
+    if (!timer) timer = setTimeout(() => { timer = null; fn(); }, ms);
+  };
 }
 
 async function renderList(main, q) {
@@ -51,9 +56,12 @@ async function renderList(main, q) {
   h('button', { type: 'submit', class: 'secondary' }, 'Filter'));
   fill(main, header('Tasks', live.node), form, results);
 
+  let latest = 0;
   async function load() {
+    const mine = ++latest;
     try {
       const answer = await call('DescribeTasks', { ...filter, offset: (page - 1) * PAGE, limit: PAGE });
+      if (mine !== latest) return; // a newer read is on its way
       const pages = Math.max(1, Math.ceil(answer.totalCount / PAGE));
       const filtered = filter.status || filter.action || filter.resourceId;
       fill(results,
@@ -66,7 +74,7 @@ async function renderList(main, q) {
       fill(results, errorBox(e));
     }
   }
-  const reload = debounce(load, 150);
+  const reload = throttle(load, 250);
   // Every event of the account (of the action, when filtered) re-reads the page; a
   // reconnection re-reads it too, for what happened while the stream was down.
   const stop = watchEvents(filter.action ? { action: filter.action } : {}, reload,
@@ -139,7 +147,7 @@ async function renderOne(main, id) {
         answer.requestId ? link(`#/tasks/${answer.requestId}`, `follow ${answer.requestId}`) : JSON.stringify(answer.detail)));
     } catch (e) { fill(notice, errorBox(e)); }
   }
-  const reload = debounce(load, 100);
+  const reload = throttle(load, 250);
   // The stream ends (event "end") once every task followed is final.
   stop = watchEvents({ requestId: id }, (kind) => {
     reload();

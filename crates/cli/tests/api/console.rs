@@ -1,9 +1,11 @@
 //! The web console at `/console`: how its files are served (types, security policy,
 //! caching), and `tests/console/e2e.mjs` driving it in real headless Chromium through
 //! Playwright — sign in, instances, a chain's outcome, the live task list, a failed
-//! task's error, queue health, history, a narrow window, sign-out.
+//! task's error and its retry, load balancers, queue health, history, a narrow window,
+//! sign-out.
 
 use crate::helpers::TestApp;
+use crate::lb::create_lb;
 use crate::sdk::workspace_root;
 use reqwest::header;
 use std::path::Path;
@@ -134,6 +136,20 @@ async fn the_console_works_in_headless_chromium() {
     let app = TestApp::spawn_with(&["--sim-speed", "0.05"]).await;
     let web = app.create_instances(2, "web").await;
     let failing = app.create_instances(1, "db qtask-fail:StopInstances").await;
+    let lb = create_lb(&app, "front").await;
+    let register = app
+        .call(
+            "RegisterInstancesWithLoadBalancer",
+            &[
+                ("loadBalancerId", &lb),
+                ("backends.0.instanceId", &web[1]),
+                ("backends.0.weight", "30"),
+            ],
+        )
+        .await;
+    assert_eq!(register["code"], 0, "{register}");
+    app.wait_final(register["requestId"].as_str().unwrap())
+        .await;
 
     let screenshots = root.join("target/console-screenshots");
     let out_dir = tempfile::tempdir().expect("a temporary directory");
@@ -147,6 +163,7 @@ async fn the_console_works_in_headless_chromium() {
         .env("QTASK_SECRET_KEY", &app.secret_key)
         .env("QTASK_INSTANCES", format!("{},{}", web[0], failing[0]))
         .env("QTASK_SPARE", &web[1])
+        .env("QTASK_LOAD_BALANCER", &lb)
         .env("QTASK_SCREENSHOTS", &screenshots)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("a second handle"))
@@ -179,6 +196,7 @@ async fn the_console_works_in_headless_chromium() {
         "task",
         "tasks",
         "health",
+        "load-balancer",
     ] {
         let shot = screenshots.join(format!("{view}.png"));
         assert!(shot.exists(), "no screenshot {}", shot.display());
