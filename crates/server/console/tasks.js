@@ -25,14 +25,25 @@ function liveIndicator() {
 }
 
 /**
- * Calls `fn` at most once per `ms`, `ms` after the first call of a burst: a busy
- * stream of events costs one re-read per interval, and the last event is never lost.
+ * Re-reads after events: at most one read in flight and one per `ms`, started `ms`
+ * after the first event of a burst; events during a read cause one more read after
+ * it. So a busy stream costs a bounded rate of reads and the last event is never lost.
  */
-function throttle(fn, ms) {
+function coalesce(read, ms) {
   let timer = null;
-  return () => {
-    if (!timer) timer = setTimeout(() => { timer = null; fn(); }, ms);
+  let reading = false;
+  let again = false;
+  const run = async () => {
+    timer = null;
+    if (reading) { again = true; return; }
+    reading = true;
+    try { await read(); } finally {
+      reading = false;
+      if (again) { again = false; schedule(); }
+    }
   };
+  const schedule = () => { if (!timer) timer = setTimeout(run, ms); };
+  return schedule;
 }
 
 async function renderList(main, q) {
@@ -61,7 +72,7 @@ async function renderList(main, q) {
     const mine = ++latest;
     try {
       const answer = await call('DescribeTasks', { ...filter, offset: (page - 1) * PAGE, limit: PAGE });
-      if (mine !== latest) return; // a newer read is on its way
+      if (mine !== latest) return; // a newer read started meanwhile: it draws
       const pages = Math.max(1, Math.ceil(answer.totalCount / PAGE));
       const filtered = filter.status || filter.action || filter.resourceId;
       fill(results,
@@ -74,7 +85,7 @@ async function renderList(main, q) {
       fill(results, errorBox(e));
     }
   }
-  const reload = throttle(load, 250);
+  const reload = coalesce(load, 250);
   // Every event of the account (of the action, when filtered) re-reads the page; a
   // reconnection re-reads it too, for what happened while the stream was down.
   const stop = watchEvents(filter.action ? { action: filter.action } : {}, reload,
@@ -147,7 +158,7 @@ async function renderOne(main, id) {
         answer.requestId ? link(`#/tasks/${answer.requestId}`, `follow ${answer.requestId}`) : JSON.stringify(answer.detail)));
     } catch (e) { fill(notice, errorBox(e)); }
   }
-  const reload = throttle(load, 250);
+  const reload = coalesce(load, 250);
   // The stream ends (event "end") once every task followed is final.
   stop = watchEvents({ requestId: id }, (kind) => {
     reload();
