@@ -118,6 +118,9 @@ try {
   step('open the failed task and read its error');
   await page.click(`.chain-page tr[data-id="${failing}"] a[href="#/tasks/${failedTask}"]`);
   await page.locator('#task-error').waitFor();
+  // Navigation moves the keyboard focus to the new view's heading.
+  const focus = await page.evaluate(() => document.activeElement.textContent);
+  check(focus === `Task ${failedTask}`, `focus after navigation: ${focus}`);
   const shown = await page.locator('#task-error').textContent();
   const truth = (await api('DescribeTaskResult', { requestId: failedTask })).data.error;
   check(shown === `code ${truth.code} ${truth.message}`, `task error shown as "${shown}", the API says ${JSON.stringify(truth)}`);

@@ -26,6 +26,9 @@ const VIEWS = { instances, lb, tasks, health, history };
 
 async function route() {
   if (leave) { leave(); leave = null; }
+  // A filter that changed the route keeps the focus across the re-render; any other
+  // navigation moves it to the new view's heading.
+  const focused = document.activeElement && main.contains(document.activeElement) ? document.activeElement.id : '';
   if (!session()) return showSignIn();
   showHeader();
   const r = parseRoute();
@@ -40,6 +43,8 @@ async function route() {
   } catch (e) {
     fill(main, errorBox(e));
   }
+  const target = (focused && document.getElementById(focused)) || main.querySelector('h1') || main;
+  target.focus();
 }
 
 function showHeader() {

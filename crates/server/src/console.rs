@@ -94,7 +94,7 @@ const fn quoted_hex(value: u64) -> [u8; 18] {
 /// Only the console's own files may load: no inline script or style, no other origin,
 /// no framing. API calls and the event stream go to the same origin.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The console's routes: `/console` (redirected to `/console/`, so the page's relative
