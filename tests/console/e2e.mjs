@@ -106,10 +106,25 @@ try {
   check((await outcome(failing)).includes('FAILED'), `outcome of ${failing}: ${await outcome(failing)}`);
   await page.locator(`#instances tr[data-id="${healthy}"] .badge`).filter({ hasText: 'STOPPED 4' }).waitFor();
   await page.screenshot({ path: join(shots, 'chain-outcome.png'), fullPage: true });
+  const failedTask = await page.locator(`#chain-outcome tr[data-id="${failing}"] td:nth-child(4) a`).textContent();
+  const stopChain = await page.locator('#chain-outcome p a').textContent();
+
+  step('reset a password: the dialog asks for it');
+  await page.uncheck(`#instances tr[data-id="${healthy}"] input[type=checkbox]`);
+  await page.uncheck(`#instances tr[data-id="${failing}"] input[type=checkbox]`);
+  await page.check(`#instances tr[data-id="${spare}"] input[type=checkbox]`);
+  await page.click('button[data-action=ResetInstancePassword]');
+  await page.fill('dialog[open] input[name=password]', 'Console-Secret-1');
+  await page.click('dialog[open] button.primary');
+  await page.locator('#chain-outcome h2').filter({ hasText: 'ResetInstancePassword: code 0' }).waitFor();
+  await page.locator('#chain-result').filter({ hasText: 'aggregate code 0' }).waitFor();
+  await page.click(`#instances tr[data-id="${spare}"] a[href^="#/history/"]`);
+  await page.locator('#history tbody tr').filter({ hasText: 'ResetInstancePassword' }).waitFor();
+  await page.goBack();
+  await page.locator(`#instances tr[data-id="${healthy}"]`).waitFor();
 
   step('the chain page shows every resource and the aggregate code');
-  const failedTask = await page.locator(`#chain-outcome tr[data-id="${failing}"] td:nth-child(4) a`).textContent();
-  await page.click('#chain-outcome p a');
+  await page.goto(`${consoleUrl}/#/tasks/${stopChain}`);
   await page.locator('#aggregate-code').filter({ hasText: '5400' }).waitFor();
   check(await page.locator('.chain-page tbody tr').count() === 2, 'the chain has two tasks');
   await page.locator('#retry').waitFor(); // a failed task can be retried
@@ -170,7 +185,7 @@ try {
   await page.goto(`${consoleUrl}/#/health`);
   await page.locator('#stat-finished').waitFor();
   const finished = Number(await page.locator('#stat-finished .stat-value').textContent());
-  check(finished >= 9, `finished in the window: ${finished}`); // 3 launches, LB + backend, 2 stops, retry, restart
+  check(finished >= 10, `finished in the window: ${finished}`); // 3 launches, LB + backend, 2 stops, password, retry, restart
   check(await page.locator('.chart svg rect.failed').count() >= 1, 'the failed stop is charted');
   await page.screenshot({ path: join(shots, 'health.png'), fullPage: true });
 
@@ -179,6 +194,12 @@ try {
   await page.locator('#history tbody tr').first().waitFor();
   const actions = await page.locator('#history tbody tr td:nth-child(2)').allTextContents();
   check(actions[0] === 'StopInstances' && actions.includes('RunInstances'), `history: ${actions}`);
+
+  step('an error answer is shown as the API gave it');
+  await page.goto(`${consoleUrl}/#/history/ins-00000000`);
+  const missing = await page.locator('#history .error').textContent();
+  const said = await api('DescribeResourceHistory', { resourceId: 'ins-00000000' });
+  check(missing === `code ${said.code} ${said.message}`, `shown "${missing}", the API said ${JSON.stringify(said)}`);
 
   step('a narrow window');
   await page.setViewportSize({ width: 390, height: 800 });

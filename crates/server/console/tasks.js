@@ -120,7 +120,10 @@ async function renderOne(main, id) {
   const actions = h('div', { class: 'toolbar' });
   const notice = h('div', { 'aria-live': 'polite' });
   const live = liveIndicator();
-  fill(main, header(`Task ${id}`, live.node), actions, notice, body);
+  const head = header(`Task ${id}`, live.node);
+  // This view's own heading: a read finishing after the user left must not touch the next view.
+  const title = head.querySelector('h1');
+  fill(main, head, actions, notice, body);
   let data = null;
   let stop = () => {};
   async function load() {
@@ -133,7 +136,7 @@ async function renderOne(main, id) {
       live.node.remove();
       return;
     }
-    main.querySelector('h1').textContent = data.tasks ? `Chain ${id}` : `Task ${id}`;
+    title.textContent = data.tasks ? `Chain ${id}` : `Task ${id}`;
     fill(body, data.tasks ? chainView(data) : taskView(data));
     const tasks = data.tasks || [data];
     const unfinished = tasks.some((t) => t.state === 'QUEUED' || t.state === 'RUNNING');
