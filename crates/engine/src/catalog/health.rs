@@ -27,7 +27,7 @@ const DEFAULT_MINUTES: i64 = 15;
 const MAX_MINUTES: i64 = 60;
 /// The most tasks one answer reads for its per-minute counts; past it the answer says
 /// `complete: false` and counts the newest tasks only.
-pub const MAX_SCANNED: u64 = 5_000;
+const MAX_SCANNED: u64 = 5_000;
 const SCAN_PAGE: u64 = 100;
 
 /// One minute of the window.
