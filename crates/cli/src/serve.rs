@@ -140,6 +140,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     for endpoint in &endpoints {
         println!("Listening on {endpoint}{}", qtask_protocol::API_PATH);
     }
+    if let Some(endpoint) = endpoints.first() {
+        println!("Console: {endpoint}{}", qtask_server::console::CONSOLE_PATH);
+    }
     println!(
         "Ready. Try: qtask call DescribeInstances --data-dir {}",
         config.data_dir.display()

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod events;
 pub mod health;
 pub mod limits;
@@ -72,6 +73,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(EVENTS_PATH, get(events::stream))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .merge(console::routes())
         .with_state(state)
 }
 

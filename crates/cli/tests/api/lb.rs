@@ -6,7 +6,7 @@
 use crate::helpers::{text, TestApp};
 use serde_json::Value;
 
-async fn create_lb(app: &TestApp, name: &str) -> String {
+pub async fn create_lb(app: &TestApp, name: &str) -> String {
     let answer = app
         .call("CreateLoadBalancer", &[("loadBalancerName", name)])
         .await;

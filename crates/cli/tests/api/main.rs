@@ -4,6 +4,7 @@
 mod audit;
 mod catalogs;
 mod cli;
+mod console;
 mod durability;
 mod engine;
 mod hardening;
@@ -12,6 +13,7 @@ mod http_limits;
 mod lb;
 mod ops;
 mod protocol;
+mod queue_health;
 mod sdk;
 mod tasks;
 mod watch;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// How long the whole script may take (each of its calls and tasks has its own bound).
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(300);
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()

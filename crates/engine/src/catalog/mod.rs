@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod describe;
 pub mod file;
+pub mod health;
 pub mod history;
 pub mod params;
 pub mod tasks;
@@ -463,6 +464,7 @@ impl Catalog {
         for spec in tasks::actions()
             .into_iter()
             .chain(history::actions())
+            .chain(health::actions())
             .chain(audit::actions())
         {
             let previous = catalog.actions.insert(spec.name, spec);
