@@ -181,16 +181,53 @@ async fn disrupt(
     kills
 }
 
-/// What the checks found.
-struct Findings {
-    kills: Vec<Kill>,
-    freezes: usize,
+/// What the checks through the API found, once the load stopped.
+struct ApiFindings {
     acknowledged: Vec<String>,
     unsettled: Vec<(String, serde_json::Value)>,
     drained: bool,
     instances: usize,
     disagreements: Vec<crash::replay::Disagreement>,
     running_by_api: u64,
+}
+
+impl ApiFindings {
+    /// Waits for the tasks to drain, then checks every acknowledged ID and instance.
+    async fn gather(client: Arc<qtask::client::Client>, load: &Load) -> Self {
+        let drained = audit::drain(&client, DRAIN_DEADLINE).await;
+        let acknowledged = load.acknowledged();
+        let unsettled = audit::unsettled(Arc::clone(&client), &acknowledged).await;
+        // The check must notice an ID the server never gave.
+        let never_given = acknowledged
+            .iter()
+            .filter_map(|id| id.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1_000_000;
+        let probe = audit::unsettled(Arc::clone(&client), &[never_given.to_string()]).await;
+        assert_eq!(
+            probe.len(),
+            1,
+            "the check missed a requestId never given: {probe:?}"
+        );
+        let instances = audit::instances(&client).await;
+        let disagreements = audit::disagreements(&client, &instances).await;
+        Self {
+            acknowledged,
+            unsettled,
+            drained,
+            instances: instances.len(),
+            disagreements,
+            running_by_api: audit::tasks_in(&client, "RUNNING").await,
+        }
+    }
+}
+
+/// What the checks found.
+struct Findings {
+    kills: Vec<Kill>,
+    freezes: usize,
+    api: ApiFindings,
     stats: StoreStats,
     journal: Journal,
     overlaps: Vec<(journal::Attempt, journal::Attempt)>,
@@ -239,8 +276,12 @@ impl Findings {
             false,
         );
         figure("cancels sent", Tally::get(&tally.cancels), false);
-        figure("acknowledged requestIds", self.acknowledged.len(), false);
-        figure("  missing or not final", self.unsettled.len(), true);
+        figure(
+            "acknowledged requestIds",
+            self.api.acknowledged.len(),
+            false,
+        );
+        figure("  missing or not final", self.api.unsettled.len(), true);
         figure(
             "tasks (store)",
             format!("{tasks}: {}", by_state.join(", ")),
@@ -279,15 +320,15 @@ impl Findings {
             self.stats.fenced_completions,
             false,
         );
-        figure("instances", self.instances, false);
+        figure("instances", self.api.instances, false);
         figure(
             "  state disagrees with the last successful task",
-            self.disagreements.len(),
+            self.api.disagreements.len(),
             true,
         );
         figure(
             "tasks left RUNNING (API, after the drain)",
-            self.running_by_api,
+            self.api.running_by_api,
             true,
         );
         figure(
@@ -300,23 +341,23 @@ impl Findings {
             self.tasks_in(TaskState::Queued),
             false,
         );
-        figure("drained within the deadline", self.drained, false);
+        figure("drained within the deadline", self.api.drained, false);
         figure("elapsed", format!("{:.1} s", elapsed.as_secs_f64()), false);
     }
 
     fn assert_sound(&self) {
         assert!(
-            self.drained,
+            self.api.drained,
             "tasks still QUEUED or RUNNING {DRAIN_DEADLINE:?} after the load stopped"
         );
         assert!(
-            !self.acknowledged.is_empty() && self.instances > 0,
+            !self.api.acknowledged.is_empty() && self.api.instances > 0,
             "the load acknowledged nothing: the test tested nothing"
         );
         assert!(
-            self.unsettled.is_empty(),
+            self.api.unsettled.is_empty(),
             "acknowledged but missing or not final: {}",
-            head(&self.unsettled)
+            head(&self.api.unsettled)
         );
         assert!(
             self.journal.defects.is_empty(),
@@ -329,11 +370,11 @@ impl Findings {
             head(&self.overlaps)
         );
         assert!(
-            self.disagreements.is_empty(),
+            self.api.disagreements.is_empty(),
             "instances whose state disagrees with their history: {}",
-            head(&self.disagreements)
+            head(&self.api.disagreements)
         );
-        assert_eq!(self.running_by_api, 0, "tasks RUNNING after the drain");
+        assert_eq!(self.api.running_by_api, 0, "tasks RUNNING after the drain");
         assert_eq!(
             self.tasks_in(TaskState::Running),
             0,
@@ -401,26 +442,7 @@ async fn nothing_acknowledged_is_lost_and_no_task_runs_twice_across_kills() {
         client_loop.await.expect("a client loop");
     }
 
-    let client = Arc::new(app.client());
-    let drained = audit::drain(&client, DRAIN_DEADLINE).await;
-    let acknowledged = load.acknowledged();
-    let unsettled = audit::unsettled(Arc::clone(&client), &acknowledged).await;
-    // The check must notice an ID the server never gave.
-    let never_given = acknowledged
-        .iter()
-        .filter_map(|id| id.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
-        + 1_000_000;
-    let probe = audit::unsettled(Arc::clone(&client), &[never_given.to_string()]).await;
-    assert_eq!(
-        probe.len(),
-        1,
-        "the check missed a requestId never given: {probe:?}"
-    );
-    let instances = audit::instances(&client).await;
-    let disagreements = audit::disagreements(&client, &instances).await;
-    let running_by_api = audit::tasks_in(&client, "RUNNING").await;
+    let api = ApiFindings::gather(Arc::new(app.client()), &load).await;
 
     let status = app.terminate();
     assert!(status.success(), "the graceful stop failed: {status}");
@@ -434,12 +456,7 @@ async fn nothing_acknowledged_is_lost_and_no_task_runs_twice_across_kills() {
     let findings = Findings {
         kills,
         freezes: settings.freezes,
-        acknowledged,
-        unsettled,
-        drained,
-        instances: instances.len(),
-        disagreements,
-        running_by_api,
+        api,
         stats,
         journal,
         overlaps,
@@ -559,13 +576,7 @@ async fn three_nodes_on_postgres_lose_nothing_when_one_is_killed() {
         client_loop.await.expect("a client loop");
     }
 
-    let client = Arc::new(nodes[0].client());
-    let drained = audit::drain(&client, DRAIN_DEADLINE).await;
-    let acknowledged = load.acknowledged();
-    let unsettled = audit::unsettled(Arc::clone(&client), &acknowledged).await;
-    let instances = audit::instances(&client).await;
-    let disagreements = audit::disagreements(&client, &instances).await;
-    let running_by_api = audit::tasks_in(&client, "RUNNING").await;
+    let api = ApiFindings::gather(Arc::new(nodes[0].client()), &load).await;
     for node in &mut nodes {
         let status = node.terminate();
         assert!(status.success(), "a graceful stop failed: {status}");
@@ -588,12 +599,7 @@ async fn three_nodes_on_postgres_lose_nothing_when_one_is_killed() {
     let findings = Findings {
         kills,
         freezes: 0,
-        acknowledged,
-        unsettled,
-        drained,
-        instances: instances.len(),
-        disagreements,
-        running_by_api,
+        api,
         stats,
         journal,
         overlaps,

@@ -10,7 +10,7 @@ use crate::sdk::workspace_root;
 use reqwest::header;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the browser script may take (each of its steps has its own 20 s bound).
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(240);
@@ -170,18 +170,7 @@ async fn the_console_works_in_headless_chromium() {
         .stderr(out)
         .spawn()
         .expect("node starts");
-    let deadline = Instant::now() + SCRIPT_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = crate::helpers::wait_child(&mut child, SCRIPT_DEADLINE).await;
     let output = std::fs::read_to_string(&out_path).unwrap_or_default();
     let status =
         status.unwrap_or_else(|| panic!("e2e.mjs ran longer than {SCRIPT_DEADLINE:?}:\n{output}"));

@@ -303,6 +303,22 @@ pub fn database_env(
     vec![("QTASK_DATABASE", url)]
 }
 
+/// Waits for `child` to exit, at most `deadline`; kills it and answers `None` past it.
+pub async fn wait_child(child: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+    let give_up = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `probe` every 20 ms until it yields `Some`, failing the test after [`DEADLINE`].
 /// `what` says what is awaited, for the failure message.
 pub async fn wait_for<T>(

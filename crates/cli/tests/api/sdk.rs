@@ -5,7 +5,7 @@
 use crate::helpers::TestApp;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the whole script may take (each of its calls and tasks has its own bound).
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(300);
@@ -73,18 +73,7 @@ async fn the_legacy_python_sdk_passes_its_end_to_end_script_over_https() {
         .stderr(out)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    let deadline = Instant::now() + SCRIPT_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = crate::helpers::wait_child(&mut child, SCRIPT_DEADLINE).await;
     let output = std::fs::read_to_string(&out_path).unwrap_or_default();
     let status = status
         .unwrap_or_else(|| panic!("sdk_e2e.py ran longer than {SCRIPT_DEADLINE:?}:\n{output}"));
