@@ -633,3 +633,39 @@ async fn three_nodes_on_postgres_lose_nothing_when_one_is_killed() {
         head(&late)
     );
 }
+
+/// Nodes must share the master key that seals the SecretKeys: a node started with another
+/// key refuses to start and says why, instead of failing every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_node_with_another_master_key_refuses_to_start() {
+    use qtask_store_postgres::testing::{test_database_url, ScratchSchema, TEST_DATABASE_ENV};
+    let base = test_database_url()
+        .unwrap_or_else(|| panic!("{TEST_DATABASE_ENV} is not set (scripts/test sets it)"));
+    let schema = Arc::new(tokio::task::block_in_place(|| ScratchSchema::create(&base)));
+    let first = tokio::task::block_in_place(|| {
+        TestApp::spawn_node(Arc::clone(&schema), None, &["--sim-speed", "0"])
+    });
+    let other = tempfile::tempdir().expect("a temporary directory");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_qtask"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(other.path().join("data"))
+        .envs(helpers::database_env(Some(&schema)))
+        .env("QTASK_LOG", "warn")
+        .output()
+        .expect("qtask runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains("need the same master key"),
+        "the refusal says why: {stderr}"
+    );
+    // The first node is unaffected.
+    assert_eq!(first.call("DescribeInstances", &[]).await["code"], 0);
+}
