@@ -10,6 +10,9 @@ use qtask_store_sql::writer::{WriteConn, READY_CHANNEL};
 use std::collections::HashMap;
 use std::error::Error;
 
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 256;
+
 pub fn backend(e: postgres::Error) -> StoreError {
     // The database's own message (and its detail) says more than the client's summary.
     let text = match e.as_db_error() {
@@ -121,6 +124,11 @@ impl PgConn {
             .client
             .prepare(&numbered_for_postgres(sql))
             .map_err(backend)?;
+        // Listings put their page in the text: keep the cache bounded (dropping a
+        // statement closes it on the server).
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
+        }
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
