@@ -165,7 +165,6 @@ struct TaskRow<'a> {
     effect: &'a str,
     prior_state: &'a str,
     at: i64,
-    result: &'a str,
     allowed: Option<&'a str>,
 }
 
@@ -225,17 +224,13 @@ impl Plan {
         let effect = json!({
             "transitional": transitional,
             "onSuccess": after,
-            "onFailure": prior,
+            "onFailure": null,
             "patch": {},
         })
         .to_string();
         let allowed = json!([prior]).to_string();
         let ids: Vec<&str> = instances.iter().map(|(id, _)| id.as_str()).collect();
-        let mut params = json!({ "instanceIds": ids });
-        if stop {
-            params["forceStop"] = json!(false);
-        }
-        let params = params.to_string();
+        let params = json!({ "instanceIds": ids }).to_string();
         for (id, last_task) in instances.iter_mut() {
             let task = self.take_id();
             self.insert_task(
@@ -250,7 +245,6 @@ impl Plan {
                     effect: &effect,
                     prior_state: prior,
                     at: self.clock,
-                    result: "null",
                     allowed: Some(&allowed),
                 },
             )?;
@@ -312,11 +306,10 @@ impl Plan {
                 group: None,
                 action: "RunInstances",
                 resource: id.as_str(),
-                params: json!({ "goodsNum": 1, "instanceName": format!("fill-{n}") }).to_string(),
+                params: json!({ "goodsNum": "1", "instanceName": format!("fill-{n}") }).to_string(),
                 effect: &effect,
                 prior_state: "PENDING",
                 at: self.clock,
-                result: "null",
                 allowed: None,
             },
         )?;
@@ -329,8 +322,8 @@ impl Plan {
         tx.prepare_cached(
             "INSERT INTO tasks (id, account_id, group_id, action, resource_id, region, params, effect,
                                 prior_state, state, attempts, created_at, started_at, finished_at,
-                                result, fence, allowed)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'ap-guangzhou', ?6, ?7, ?8, 'SUCCESS', 1, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                fence, allowed)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'ap-guangzhou', ?6, ?7, ?8, 'SUCCESS', 1, ?9, ?10, ?11, ?12, ?13)",
         )?
         .execute(params![
             row.id,
@@ -344,7 +337,6 @@ impl Plan {
             row.at,
             row.at + 2,
             row.at + 5,
-            row.result,
             fence,
             row.allowed
         ])?;
