@@ -121,6 +121,7 @@ fn fill(path: &std::path::Path, accounts: &[i64], tasks: u64) -> anyhow::Result<
         accounts: accounts.to_vec(),
         clock: now - SPAN_MS,
         step_ms: (SPAN_MS / tasks.max(1) as i64).max(1),
+        sets: 0,
         filled: Filled::default(),
     };
     let mut remaining = tasks;
@@ -151,6 +152,8 @@ struct Plan {
     accounts: Vec<i64>,
     clock: i64,
     step_ms: i64,
+    /// Sets of instances written so far.
+    sets: usize,
     filled: Filled,
 }
 
@@ -180,7 +183,9 @@ impl Plan {
     fn batch(&mut self, tx: &Connection, count: u64) -> anyhow::Result<()> {
         let mut left = count;
         while left > 0 {
-            let account = self.accounts[(self.filled.instances as usize) % self.accounts.len()];
+            // Each set of ten instances goes to the next account in turn.
+            let account = self.accounts[self.sets % self.accounts.len()];
+            self.sets += 1;
             let size = CHAIN_SIZE.min(left as usize);
             let mut instances = Vec::with_capacity(size);
             for _ in 0..size {
