@@ -232,6 +232,7 @@ pub async fn run_load(args: RunArgs) -> anyhow::Result<Report> {
 
     // Set-up, then the measured window between `before` and `after`.
     let before_metrics = if needs_metrics {
+        wait_idle(&mut metrics, scenario).await?;
         Some(scrape(&mut metrics, scenario).await?)
     } else {
         None
@@ -383,6 +384,35 @@ async fn scrape(metrics: &mut Connection, scenario: Scenario) -> anyhow::Result<
         )
     })?;
     Ok(Scrape::parse(&String::from_utf8_lossy(&body)))
+}
+
+/// Waits until the server has no unfinished task: tasks left over (e.g. accepted with
+/// workers off, then recovered at a restart) would run during the window and be
+/// counted as this run's.
+async fn wait_idle(metrics: &mut Connection, scenario: Scenario) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let scrape = scrape(metrics, scenario).await?;
+        let unfinished = ["QUEUED", "RUNNING"]
+            .iter()
+            .map(|state| scrape.sum("qtask_tasks", &[("state", state)]))
+            .sum::<f64>();
+        if unfinished == 0.0 {
+            return Ok(());
+        }
+        if started.elapsed() > DRAIN_LIMIT {
+            anyhow::bail!(
+                "the server still has {unfinished} unfinished tasks after {DRAIN_LIMIT:?}; \
+                 e2e and latency need it idle at the start"
+            );
+        }
+        if !told {
+            eprintln!("waiting for the server's {unfinished} unfinished tasks to finish first");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
