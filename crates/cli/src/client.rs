@@ -133,6 +133,22 @@ impl Client {
         self.send_signed(params).await
     }
 
+    /// A call signed with a fresh nonce, as the form to send (the query string of a GET,
+    /// the body of a POST, per [`ClientConfig::method`]): for senders of their own
+    /// (`qtask bench`).
+    pub fn signed_form<N, V>(
+        &self,
+        action: &str,
+        params: impl IntoIterator<Item = (N, V)>,
+    ) -> Result<String, ClientError>
+    where
+        N: Into<String>,
+        V: Into<String>,
+    {
+        let mut params = self.with_common_params(action, params)?;
+        Ok(self.sign(&mut params, self.config.method))
+    }
+
     /// `params` with `Action` and the common parameters (region, key, timestamp, nonce).
     fn with_common_params<N, V>(
         &self,

@@ -64,7 +64,8 @@ pub struct ServeArgs {
     /// Multiplies simulated task durations; 0 finishes tasks at once [default: 1].
     #[arg(long, env = "QTASK_SIM_SPEED", value_name = "FACTOR")]
     pub sim_speed: Option<f64>,
-    /// How many tasks run at the same time [default: 64].
+    /// How many tasks run at the same time; 0 = workers off: calls are accepted and
+    /// their tasks committed, but none runs (for benchmarks of acceptance) [default: 64].
     #[arg(long, env = "QTASK_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
     /// Largest accepted distance, in seconds, between a request's Timestamp and the
@@ -235,9 +236,6 @@ impl ServeConfig {
             }
         }
         let workers = args.workers.or(file.workers).unwrap_or(64);
-        if workers == 0 {
-            bail!("workers must be at least 1");
-        }
         let timestamp_window = args
             .timestamp_window
             .or(file.timestamp_window)

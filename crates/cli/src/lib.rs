@@ -3,6 +3,7 @@
 //!
 //! Architecture invariant: this is the only crate that picks a store backend.
 
+pub mod bench;
 pub mod call;
 pub mod catalog;
 pub mod client;

@@ -95,6 +95,9 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Load-test a server (throughput, latency, CPU and memory), or fill a store.
+    #[command(after_help = format!("{}\n\n{EXIT_CODES_HELP}", qtask::bench::EXAMPLES))]
+    Bench(Box<qtask::bench::BenchArgs>),
     /// Show the effective catalog of resource types and actions, or check files.
     #[command(
         after_help = "Examples:\n  qtask catalog show --catalog databases.toml\n  qtask catalog check databases.toml"
@@ -229,6 +232,7 @@ fn main() -> ExitCode {
                 Ok(done(()))
             }
             Command::Call(args) => call::run(*args).await,
+            Command::Bench(args) => qtask::bench::run(*args).await,
             Command::Tasks(args) => tasks::run(*args).await,
             Command::Instances(args) => resources::run_instances(*args).await,
             Command::Lb(args) => resources::run_lb(*args).await,

@@ -84,6 +84,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         draining.clone(),
         config.shutdown_grace,
     );
+    if let Some(metrics) = &metrics {
+        let metrics = Arc::clone(metrics);
+        dispatcher
+            .start_delays()
+            .observe_with(move |delay| metrics.observe_start_delay(delay));
+    }
     let recovered = store
         .recover(now_millis(), &node)
         .await
@@ -309,7 +315,10 @@ async fn stop_on_signal(draining: CancellationToken, grace: Duration) {
 
 /// On the first start (no keys at all), creates the default account and a key pair,
 /// shows them once and writes them to DATA_DIR/credentials.
-async fn bootstrap_credentials(store: &dyn Store, data_dir: &Path) -> anyhow::Result<()> {
+pub(crate) async fn bootstrap_credentials(
+    store: &dyn Store,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
     if !store.keys().await?.is_empty() {
         let path = credentials::path(data_dir);
         if path.exists() {

@@ -14,6 +14,7 @@ use crate::catalog::Catalog;
 use crate::events::{EventBus, EventKind, TaskEvent};
 use crate::executor::{ExecError, Executor};
 use crate::policy::Policy;
+use crate::start_delay::StartDelays;
 use crate::time::now_millis;
 use qtask_core::{RequestId, TaskError};
 use qtask_store::{Completion, Lease, LeaseStatus, Runnable, Store, StoreResult, TaskOutcome};
@@ -64,6 +65,7 @@ struct Running {
     tasks: Mutex<HashMap<RequestId, CancellationToken>>,
     /// An exponentially weighted mean of attempt durations, by action.
     durations: Mutex<HashMap<String, Duration>>,
+    start_delays: StartDelays,
 }
 
 impl Running {
@@ -133,6 +135,11 @@ impl Dispatcher {
     /// The tasks this process is running now.
     pub fn running(&self) -> Vec<RequestId> {
         self.running.lock().keys().copied().collect()
+    }
+
+    /// Where committed tasks are stamped and their start delays observed.
+    pub fn start_delays(&self) -> &StartDelays {
+        &self.running.start_delays
     }
 
     /// How long an attempt of `action` typically takes in this process (none run yet:
@@ -212,6 +219,7 @@ impl Worker {
     /// used by tests. `stop` interrupts it (shutdown after the grace period).
     #[tracing::instrument(name = "task", level = "error", skip_all, fields(requestId = %task))]
     pub async fn run(&self, task: RequestId, stop: &CancellationToken) -> Step {
+        let committed_at = self.running.start_delays.take(task);
         let claimed_at = Instant::now();
         let now = now_millis();
         let lease = Lease {
@@ -240,6 +248,9 @@ impl Worker {
         let event = |kind: EventKind| TaskEvent::of(&record, kind, now_millis());
         self.events.publish(event(EventKind::Started));
 
+        if let Some(committed_at) = committed_at {
+            self.running.start_delays.started(committed_at);
+        }
         let executor = Arc::clone(&self.executor);
         let mut execution = AbortOnDrop(tokio::spawn({
             let cancel = cancel.clone();
@@ -426,7 +437,7 @@ impl WorkerPool {
         let done = tokio::spawn(run(
             Arc::new(worker),
             dispatcher.clone(),
-            workers.max(1),
+            workers,
             inbox,
             shutdown,
             grace,
@@ -487,6 +498,16 @@ async fn run(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
+    if workers == 0 {
+        // Workers off: tasks are accepted and committed but none runs here; they stay
+        // QUEUED in the store for the next start (or another node).
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                task = inbox.recv() => if task.is_none() { return },
+            }
+        }
+    }
     let slots = Arc::new(Semaphore::new(workers));
     let stop = CancellationToken::new();
     if worker.store.shared() {

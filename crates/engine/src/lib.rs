@@ -17,6 +17,7 @@ pub mod executor;
 pub mod maintenance;
 pub mod policy;
 pub mod quota;
+pub mod start_delay;
 pub mod time;
 pub mod views;
 pub mod watch;
@@ -432,6 +433,7 @@ impl Engine {
                 other => break other?,
             }
         };
+        let committed_at = std::time::Instant::now();
         match submitted {
             Submitted::New {
                 answer,
@@ -457,6 +459,9 @@ impl Engine {
                         });
                     }
                 }
+                self.dispatcher
+                    .start_delays()
+                    .committed(runnable.iter().copied(), committed_at);
                 self.dispatcher
                     .enqueue(runnable.into_iter().map(|task| Runnable {
                         task,

@@ -236,6 +236,11 @@ impl TestApp {
         answer["instanceSet"][0].clone()
     }
 
+    /// The server's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal (`STOP`, `CONT`, `TERM`…) without waiting for its effect.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

@@ -2,6 +2,7 @@
 //! own data directory and talks HTTP(S) to it, as a client would.
 
 mod audit;
+mod bench;
 mod catalogs;
 mod cli;
 mod console;
