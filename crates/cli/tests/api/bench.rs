@@ -179,7 +179,8 @@ async fn bad_arguments_are_named() {
 
 #[tokio::test]
 async fn fill_leaves_a_store_the_server_serves() {
-    let mut app = TestApp::spawn().await;
+    // `bench fill` writes the SQLite file of the data directory.
+    let mut app = TestApp::spawn_on_sqlite(&["--sim-speed", "0"]).await;
     let before = app.create_instances(1, "mine").await;
     assert!(app.terminate().success());
     let output = Command::new(env!("CARGO_BIN_EXE_qtask"))
