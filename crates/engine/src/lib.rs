@@ -17,6 +17,7 @@ pub mod executor;
 pub mod maintenance;
 pub mod policy;
 pub mod quota;
+pub mod relay;
 pub mod time;
 pub mod views;
 pub mod watch;
@@ -454,6 +455,7 @@ impl Engine {
                             result: None,
                             next_attempt_at: None,
                             duration_ms: None,
+                            remote: false,
                         });
                     }
                 }
