@@ -308,3 +308,90 @@ impl EventBus {
         self.sender.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended() -> TaskEvent {
+        TaskEvent {
+            seq: 7,
+            at: 1_764_300_000_123,
+            kind: EventKind::Retrying,
+            account: AccountId(42),
+            task: RequestId::new(9_001).unwrap(),
+            chain: Some(RequestId::new(9_000).unwrap()),
+            action: "StopInstances".into(),
+            resource: ResourceId::parse("ins", "ins-0a1b2c3d").unwrap(),
+            attempt: 2,
+            error: Some(TaskError::operation_failed("line one\nline \"two\"")),
+            result: Some(json!({"instanceState": "STOPPED", "none": null})),
+            next_attempt_at: Some(1_764_300_005_456),
+            duration_ms: Some(1_250),
+            remote: false,
+        }
+    }
+
+    #[test]
+    fn relayed_events_round_trip_exactly_on_one_line_and_arrive_remote() {
+        let sent = ended();
+        let wire = sent.to_relay(true);
+        assert!(!wire.contains('\n'), "{wire}");
+        let received = TaskEvent::from_relay(&wire).unwrap();
+        assert_eq!(
+            received,
+            TaskEvent {
+                seq: 0,
+                remote: true,
+                ..sent.clone()
+            }
+        );
+        // Every optional part absent.
+        let bare = TaskEvent {
+            kind: EventKind::Queued,
+            chain: None,
+            error: None,
+            result: None,
+            next_attempt_at: None,
+            duration_ms: None,
+            ..sent.clone()
+        };
+        let received = TaskEvent::from_relay(&bare.to_relay(true)).unwrap();
+        assert_eq!(
+            received,
+            TaskEvent {
+                seq: 0,
+                remote: true,
+                ..bare
+            }
+        );
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::from_name(kind.name()), Some(kind));
+        }
+    }
+
+    #[test]
+    fn a_relayed_event_without_its_result_keeps_the_rest() {
+        let sent = ended();
+        let received = TaskEvent::from_relay(&sent.to_relay(false)).unwrap();
+        assert_eq!(received.result, None);
+        assert_eq!(received.error, sent.error);
+    }
+
+    #[test]
+    fn malformed_relayed_events_are_refused_with_the_field_named() {
+        let wire: Value = serde_json::from_str(&ended().to_relay(true)).unwrap();
+        for (field, value, expected) in [
+            ("event", json!("exploded"), "unknown event"),
+            ("task", json!(-1), "not a request ID"),
+            ("at", Value::Null, "at is missing"),
+            ("attempt", json!("two"), "attempt is not an integer"),
+        ] {
+            let mut broken = wire.clone();
+            broken[field] = value;
+            let error = TaskEvent::from_relay(&broken.to_string()).unwrap_err();
+            assert!(error.contains(expected), "{field}: {error}");
+        }
+        assert!(TaskEvent::from_relay("not json").is_err());
+    }
+}
