@@ -259,3 +259,58 @@ async fn a_chain_calls_back_once_when_final_signed_and_retried() {
     assert_eq!(bad["code"], 4000, "{bad}");
     assert!(text(&bad["message"]).contains("callbackUrl"), "{bad}");
 }
+
+/// Two nodes on one PostgreSQL schema: node B has no workers, so node A runs every
+/// task; a client of node B's event stream still sees them start and succeed (relayed).
+/// Needs `QTASK_TEST_DATABASE_URL` (scripts/test sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_every_node_streams_the_events_of_tasks_another_node_ran() {
+    use qtask_store_postgres::testing::{test_database_url, ScratchSchema, TEST_DATABASE_ENV};
+    use std::sync::Arc;
+    let base = test_database_url()
+        .unwrap_or_else(|| panic!("{TEST_DATABASE_ENV} is not set (scripts/test sets it)"));
+    let schema = Arc::new(tokio::task::block_in_place(|| ScratchSchema::create(&base)));
+    let runner = tokio::task::block_in_place(|| {
+        TestApp::spawn_node(Arc::clone(&schema), None, &["--sim-speed", "0.05"])
+    });
+    let credentials = qtask::credentials::path(&runner.data_dir);
+    let watcher = tokio::task::block_in_place(|| {
+        TestApp::spawn_node(Arc::clone(&schema), Some(&credentials), &["--workers", "0"])
+    });
+    let ids = runner.create_instances(1, "relayed").await;
+    let stream = open_events(&watcher, &[]).await;
+    let stop = chain(&runner, "StopInstances", &[&ids[0]], &[]).await;
+    let task = detail_task(&stop, &ids[0]);
+
+    let of_task = |events: &[(String, Value)]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|(_, data)| data["requestId"] == task.as_str())
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    let seen = read_events(stream, |events| {
+        of_task(events).iter().any(|name| name == "succeeded")
+    })
+    .await;
+    let names = of_task(&seen);
+    let started = names.iter().position(|n| n == "started");
+    let succeeded = names.iter().position(|n| n == "succeeded");
+    assert!(
+        started.is_some() && started < succeeded,
+        "node B's stream of the task node A ran: {names:?}"
+    );
+    // Each once: a relayed event is not relayed back.
+    assert_eq!(
+        names.iter().filter(|n| *n == "succeeded").count(),
+        1,
+        "{names:?}"
+    );
+    let last = seen
+        .iter()
+        .rev()
+        .find(|(_, d)| d["requestId"] == task.as_str())
+        .unwrap();
+    assert_eq!(last.1["resourceId"], ids[0].as_str(), "{last:?}");
+    assert_eq!(last.1["state"], "SUCCESS", "{last:?}");
+}
