@@ -350,12 +350,13 @@ mod tests {
     #[test]
     fn the_longest_message_fits_a_payload_alone() {
         let mut batch = Batch::new("12345:1732760000000000000");
-        assert_eq!(batch.push("small"), None);
+        let before = "x".repeat(PAYLOAD_MAX - BROADCAST_MESSAGE_MAX);
+        assert_eq!(batch.push(&before), None);
         let longest = "y".repeat(BROADCAST_MESSAGE_MAX);
         let closed = batch
             .push(&longest)
-            .expect("the small message is sent first");
-        assert!(closed.ends_with("\nsmall"));
+            .expect("the first message is sent first");
+        assert!(closed.ends_with(&format!("\n{before}")));
         let alone = batch.take();
         assert!(alone.len() <= PAYLOAD_MAX);
         assert!(alone.ends_with(&longest));
