@@ -297,7 +297,8 @@ async fn on_postgres_every_node_streams_the_events_of_tasks_another_node_ran() {
     let ids = a.create_instances(3, "relayed").await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let streams = [open_events(&a, &[]).await, open_events(&b, &[]).await];
-    let stop = chain(&a, "StopInstances", &refs, &[]).await;
+    let (url, delivered) = receiver(0).await;
+    let stop = chain(&a, "StopInstances", &refs, &[("callbackUrl", &url)]).await;
     let tasks: Vec<String> = ids.iter().map(|id| detail_task(&stop, id)).collect();
 
     let events_of = |events: &[(String, Value)], task: &str| -> Vec<String> {
@@ -323,4 +324,12 @@ async fn on_postgres_every_node_streams_the_events_of_tasks_another_node_ran() {
             );
         }
     }
+    // The node that ran the chain's last task calls back; the other saw it relayed.
+    crate::helpers::wait_for("the callback to be delivered", async || {
+        (!delivered.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered = delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1, "one callback per chain: {delivered:?}");
 }
