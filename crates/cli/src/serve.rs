@@ -108,6 +108,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         Default::default(),
         maintenance_stop.clone(),
     );
+    // On a shared database: every node's event stream shows every node's tasks.
+    let _relay = qtask_engine::relay::start(Arc::clone(&store), &events, maintenance_stop.clone());
     let maintenance = maintenance::start(
         Arc::clone(&store),
         Arc::clone(&catalog),

@@ -3,6 +3,10 @@
 //! long polls and metrics subscribe. Publishing never waits: a subscriber that falls
 //! behind by more than the channel's capacity misses events and is told how many
 //! (`RecvError::Lagged`).
+//!
+//! On a database shared by several nodes, [`crate::relay`] also publishes the events of
+//! the other nodes (marked [`TaskEvent::remote`]), so every node's stream shows the
+//! whole cluster's tasks.
 
 use crate::time;
 use qtask_core::{AccountId, RequestId, ResourceId, TaskError, TaskState, UnixMillis};
@@ -82,6 +86,11 @@ impl EventKind {
     pub fn is_final(self) -> bool {
         self.state().is_some_and(TaskState::is_final)
     }
+
+    /// The kind named `name` (see [`EventKind::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +110,9 @@ pub struct TaskEvent {
     pub next_attempt_at: Option<UnixMillis>,
     /// For an attempt's end: how long it ran.
     pub duration_ms: Option<u64>,
+    /// Made by another node of a shared database and relayed here (false for the events
+    /// of this process). What must happen once per cluster ignores these.
+    pub remote: bool,
 }
 
 impl TaskEvent {
@@ -120,6 +132,7 @@ impl TaskEvent {
             result: None,
             next_attempt_at: None,
             duration_ms: None,
+            remote: false,
         }
     }
 
@@ -159,6 +172,107 @@ impl TaskEvent {
         }
         view
     }
+
+    /// The event as nodes relay it: one line of JSON, exact to the millisecond and with
+    /// its account ([`TaskEvent::to_json`] is for people). Without its result when
+    /// `with_result` is false (a result too long to relay).
+    pub fn to_relay(&self, with_result: bool) -> String {
+        let mut wire = json!({
+            "event": self.kind.name(),
+            "at": self.at,
+            "account": self.account.0,
+            "task": self.task.get(),
+            "action": self.action,
+            "resource": self.resource.as_str(),
+            "attempt": self.attempt,
+        });
+        let fields = wire.as_object_mut().expect("an object");
+        if let Some(chain) = self.chain {
+            fields.insert("chain".into(), json!(chain.get()));
+        }
+        if let Some(error) = &self.error {
+            fields.insert(
+                "error".into(),
+                json!({"code": error.code, "message": error.message}),
+            );
+        }
+        if let (Some(result), true) = (&self.result, with_result) {
+            fields.insert("result".into(), result.clone());
+        }
+        if let Some(at) = self.next_attempt_at {
+            fields.insert("nextAttemptAt".into(), json!(at));
+        }
+        if let Some(ms) = self.duration_ms {
+            fields.insert("durationMs".into(), json!(ms));
+        }
+        wire.to_string()
+    }
+
+    /// An event another node relayed ([`TaskEvent::to_relay`]), marked remote and not
+    /// numbered yet.
+    pub fn from_relay(text: &str) -> Result<Self, String> {
+        let wire: Value =
+            serde_json::from_str(text).map_err(|e| format!("not a relayed event: {e}"))?;
+        let field = |name: &str| wire.get(name).filter(|v| !v.is_null());
+        let int = |name: &str| {
+            field(name)
+                .map(|v| {
+                    v.as_i64()
+                        .ok_or_else(|| format!("{name} is not an integer"))
+                })
+                .transpose()
+        };
+        let required = |name: &str| int(name)?.ok_or_else(|| format!("{name} is missing"));
+        let text = |name: &str| {
+            field(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{name} is missing or not a string"))
+        };
+        let request_id = |n: i64| {
+            u64::try_from(n)
+                .ok()
+                .and_then(|n| RequestId::new(n).ok())
+                .ok_or_else(|| format!("{n} is not a request ID"))
+        };
+        let kind = text("event")?;
+        let error = match field("error") {
+            None => None,
+            Some(error) => Some(TaskError {
+                code: error
+                    .get("code")
+                    .and_then(Value::as_u64)
+                    .and_then(|c| u32::try_from(c).ok())
+                    .ok_or("error.code is missing or not a code")?,
+                message: error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .ok_or("error.message is missing")?
+                    .to_owned(),
+            }),
+        };
+        let unsigned =
+            |name: &str, n: i64| u64::try_from(n).map_err(|_| format!("{name} is negative"));
+        Ok(Self {
+            seq: 0,
+            at: required("at")?,
+            kind: EventKind::from_name(kind).ok_or_else(|| format!("unknown event {kind:?}"))?,
+            account: AccountId(required("account")?),
+            task: request_id(required("task")?)?,
+            chain: int("chain")?.map(request_id).transpose()?,
+            action: text("action")?.to_owned(),
+            resource: ResourceId::from_stored(text("resource")?.to_owned()),
+            attempt: u32::try_from(required("attempt")?)
+                .map_err(|_| "attempt is out of range".to_owned())?,
+            error,
+            // Present only when the event had one (which may be `null`).
+            result: wire.get("result").cloned(),
+            next_attempt_at: int("nextAttemptAt")?,
+            duration_ms: int("durationMs")?
+                .map(|ms| unsigned("durationMs", ms))
+                .transpose()?,
+            remote: true,
+        })
+    }
 }
 
 /// The broadcast channel of task events; cheap to clone.
@@ -192,5 +306,92 @@ impl EventBus {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<TaskEvent>> {
         self.sender.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended() -> TaskEvent {
+        TaskEvent {
+            seq: 7,
+            at: 1_764_300_000_123,
+            kind: EventKind::Retrying,
+            account: AccountId(42),
+            task: RequestId::new(9_001).unwrap(),
+            chain: Some(RequestId::new(9_000).unwrap()),
+            action: "StopInstances".into(),
+            resource: ResourceId::parse("ins", "ins-0a1b2c3d").unwrap(),
+            attempt: 2,
+            error: Some(TaskError::operation_failed("line one\nline \"two\"")),
+            result: Some(json!({"instanceState": "STOPPED", "none": null})),
+            next_attempt_at: Some(1_764_300_005_456),
+            duration_ms: Some(1_250),
+            remote: false,
+        }
+    }
+
+    #[test]
+    fn relayed_events_round_trip_exactly_on_one_line_and_arrive_remote() {
+        let sent = ended();
+        let wire = sent.to_relay(true);
+        assert!(!wire.contains('\n'), "{wire}");
+        let received = TaskEvent::from_relay(&wire).unwrap();
+        assert_eq!(
+            received,
+            TaskEvent {
+                seq: 0,
+                remote: true,
+                ..sent.clone()
+            }
+        );
+        // Every optional part absent.
+        let bare = TaskEvent {
+            kind: EventKind::Queued,
+            chain: None,
+            error: None,
+            result: None,
+            next_attempt_at: None,
+            duration_ms: None,
+            ..sent.clone()
+        };
+        let received = TaskEvent::from_relay(&bare.to_relay(true)).unwrap();
+        assert_eq!(
+            received,
+            TaskEvent {
+                seq: 0,
+                remote: true,
+                ..bare
+            }
+        );
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::from_name(kind.name()), Some(kind));
+        }
+    }
+
+    #[test]
+    fn a_relayed_event_without_its_result_keeps_the_rest() {
+        let sent = ended();
+        let received = TaskEvent::from_relay(&sent.to_relay(false)).unwrap();
+        assert_eq!(received.result, None);
+        assert_eq!(received.error, sent.error);
+    }
+
+    #[test]
+    fn malformed_relayed_events_are_refused_with_the_field_named() {
+        let wire: Value = serde_json::from_str(&ended().to_relay(true)).unwrap();
+        for (field, value, expected) in [
+            ("event", json!("exploded"), "unknown event"),
+            ("task", json!(-1), "not a request ID"),
+            ("at", Value::Null, "at is missing"),
+            ("attempt", json!("two"), "attempt is not an integer"),
+        ] {
+            let mut broken = wire.clone();
+            broken[field] = value;
+            let error = TaskEvent::from_relay(&broken.to_string()).unwrap_err();
+            assert!(error.contains(expected), "{field}: {error}");
+        }
+        assert!(TaskEvent::from_relay("not json").is_err());
     }
 }

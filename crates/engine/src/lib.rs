@@ -17,6 +17,7 @@ pub mod executor;
 pub mod maintenance;
 pub mod policy;
 pub mod quota;
+pub mod relay;
 pub mod start_delay;
 pub mod time;
 pub mod views;
@@ -456,6 +457,7 @@ impl Engine {
                             result: None,
                             next_attempt_at: None,
                             duration_ms: None,
+                            remote: false,
                         });
                     }
                 }

@@ -71,7 +71,8 @@ pub fn start(
                     Err(RecvError::Closed) => return,
                 },
             };
-            if !event.kind.is_final() {
+            // The node that ran the task calls back: once per cluster.
+            if event.remote || !event.kind.is_final() {
                 continue;
             }
             let store = Arc::clone(&store);

@@ -443,6 +443,8 @@ pub fn follow_task_events(
         let mut running = Running::default();
         loop {
             let event = match events.recv().await {
+                // Another node counts and logs its own tasks' events.
+                Ok(event) if event.remote => continue,
                 Ok(event) => event,
                 Err(RecvError::Closed) => return,
                 Err(RecvError::Lagged(missed)) => {
@@ -541,6 +543,7 @@ mod tests {
             result: None,
             next_attempt_at: None,
             duration_ms: None,
+            remote: false,
         }
     }
 

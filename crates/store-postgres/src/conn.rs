@@ -313,3 +313,8 @@ impl r2d2::ManageConnection for ReadConnections {
 pub fn channel_for(lock_key: i64) -> String {
     format!("{READY_CHANNEL}_{:x}", lock_key as u64)
 }
+
+/// The channel on which a deployment's nodes relay task events to each other.
+pub fn events_channel_for(lock_key: i64) -> String {
+    format!("qtask_events_{:x}", lock_key as u64)
+}

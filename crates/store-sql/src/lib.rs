@@ -30,6 +30,10 @@ pub trait Cluster: Send + Sync + 'static {
     fn lead_maintenance(&self) -> StoreResult<bool>;
     /// Notified when another node has committed runnable tasks.
     fn ready_signal(&self) -> Arc<tokio::sync::Notify>;
+    /// Sends `message` to the other nodes, best effort, without blocking.
+    fn broadcast_event(&self, message: String);
+    /// The messages other nodes broadcast.
+    fn remote_events(&self) -> tokio::sync::broadcast::Receiver<Arc<str>>;
 }
 
 /// Removes a plain copy of re-sealed keys the backend may keep (SQLite's WAL).
@@ -300,6 +304,16 @@ where
 
     fn ready_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         self.cluster.as_ref().map(|c| c.ready_signal())
+    }
+
+    fn broadcast_event(&self, message: String) {
+        if let Some(cluster) = &self.cluster {
+            cluster.broadcast_event(message);
+        }
+    }
+
+    fn remote_events(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<str>>> {
+        self.cluster.as_ref().map(|c| c.remote_events())
     }
 
     async fn cancel(

@@ -23,6 +23,10 @@ mod records;
 pub use audit::{AuditEntry, AuditFilter, AuditLog};
 pub use records::*;
 
+/// The longest message [`Store::broadcast_event`] carries; longer ones are dropped.
+/// (PostgreSQL's NOTIFY payloads stay under 8,000 bytes, with room for a batch header.)
+pub const BROADCAST_MESSAGE_MAX: usize = 6_000;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The nonce was already used by this SecretId for a different request.
@@ -133,6 +137,18 @@ pub trait Store: AuditLog + Send + Sync + 'static {
 
     /// On a shared store: notified when another node committed runnable tasks.
     fn ready_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    /// On a shared store: sends `message` (one line, at most [`BROADCAST_MESSAGE_MAX`]
+    /// bytes) to every other node, best effort: it may be lost, and is never waited for.
+    fn broadcast_event(&self, message: String) {
+        let _ = message;
+    }
+
+    /// On a shared store: the messages other nodes sent with `broadcast_event`, one per
+    /// item (a receiver that falls behind misses some).
+    fn remote_events(&self) -> Option<tokio::sync::broadcast::Receiver<std::sync::Arc<str>>> {
         None
     }
 

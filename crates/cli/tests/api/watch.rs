@@ -259,3 +259,77 @@ async fn a_chain_calls_back_once_when_final_signed_and_retried() {
     assert_eq!(bad["code"], 4000, "{bad}");
     assert!(text(&bad["message"]).contains("callbackUrl"), "{bad}");
 }
+
+/// Two nodes on one PostgreSQL schema: each task runs on one of them, yet both nodes'
+/// event streams show every task start and succeed, each event once (relayed, never
+/// echoed back). Without the relay one stream would miss every task the other node ran.
+/// Needs `QTASK_TEST_DATABASE_URL` (scripts/test sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_every_node_streams_the_events_of_tasks_another_node_ran() {
+    use qtask_store_postgres::testing::{test_database_url, ScratchSchema, TEST_DATABASE_ENV};
+    use std::sync::Arc;
+    let base = test_database_url()
+        .unwrap_or_else(|| panic!("{TEST_DATABASE_ENV} is not set (scripts/test sets it)"));
+    let schema = Arc::new(tokio::task::block_in_place(|| ScratchSchema::create(&base)));
+    // Both nodes must seal and open SecretKeys with the same master key.
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let master_key = work.path().join("master.key");
+    std::fs::write(&master_key, qtask_store_sql::MasterKey::generate().unwrap()).unwrap();
+    std::fs::set_permissions(
+        &master_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let master_key = master_key.display().to_string();
+    let args = [
+        "--sim-speed",
+        "0.05",
+        "--workers",
+        "2",
+        "--master-key-file",
+        &master_key,
+    ];
+    let a = tokio::task::block_in_place(|| TestApp::spawn_node(Arc::clone(&schema), None, &args));
+    let credentials = qtask::credentials::path(&a.data_dir);
+    let b = tokio::task::block_in_place(|| {
+        TestApp::spawn_node(Arc::clone(&schema), Some(&credentials), &args)
+    });
+    let ids = a.create_instances(3, "relayed").await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let streams = [open_events(&a, &[]).await, open_events(&b, &[]).await];
+    let (url, delivered) = receiver(0).await;
+    let stop = chain(&a, "StopInstances", &refs, &[("callbackUrl", &url)]).await;
+    let tasks: Vec<String> = ids.iter().map(|id| detail_task(&stop, id)).collect();
+
+    let events_of = |events: &[(String, Value)], task: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|(_, data)| data["requestId"] == task)
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    for (node, stream) in ["A", "B"].into_iter().zip(streams) {
+        let seen = read_events(stream, |events| {
+            tasks
+                .iter()
+                .all(|task| events_of(events, task).contains(&"succeeded".to_owned()))
+        })
+        .await;
+        for task in &tasks {
+            let names = events_of(&seen, task);
+            let once = |name: &str| names.iter().filter(|n| *n == name).count() == 1;
+            assert!(
+                once("started") && once("succeeded"),
+                "node {node}'s stream, task {task}: {names:?}"
+            );
+        }
+    }
+    // The node that ran the chain's last task calls back; the other saw it relayed.
+    crate::helpers::wait_for("the callback to be delivered", async || {
+        (!delivered.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered = delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1, "one callback per chain: {delivered:?}");
+}
