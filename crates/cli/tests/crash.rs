@@ -494,29 +494,21 @@ const SLACK: Duration = Duration::from_millis(1000);
 /// Needs `QTASK_TEST_DATABASE_URL` (scripts/test sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_on_postgres_lose_nothing_when_one_is_killed() {
-    use qtask_store_postgres::testing::{test_database_url, ScratchSchema, TEST_DATABASE_ENV};
     let started = Instant::now();
-    let base = test_database_url()
-        .unwrap_or_else(|| panic!("{TEST_DATABASE_ENV} is not set (scripts/test sets it)"));
     let kills_wanted = env_number("QTASK_CLUSTER_KILLS").map_or(1, |n| n.max(1) as usize);
     let seed = env_number("QTASK_CRASH_SEED").unwrap_or_else(rand::random);
     println!("multi-node test: {NODES} nodes, {kills_wanted} kill(s), QTASK_CRASH_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let schema = Arc::new(tokio::task::block_in_place(|| ScratchSchema::create(&base)));
     let config = helpers::config_file(CONFIG);
     let work = tempfile::tempdir().expect("a temporary directory");
     let journal_path = work.path().join("journal.jsonl");
-    // Every node must seal and open SecretKeys with the same master key.
-    let master_key = work.path().join("master.key");
-    std::fs::write(&master_key, qtask_store_sql::MasterKey::generate().unwrap()).unwrap();
-    std::fs::set_permissions(
-        &master_key,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
     let lease = format!("{}ms", LEASE.as_millis());
-    let args: Vec<String> = [
+    let (config_arg, journal_arg) = (
+        config.path().display().to_string(),
+        journal_path.display().to_string(),
+    );
+    let args = [
         "--sim-speed",
         "0.02",
         "--lease",
@@ -524,27 +516,13 @@ async fn three_nodes_on_postgres_lose_nothing_when_one_is_killed() {
         "--workers",
         "8",
         "--config",
-        &config.path().display().to_string(),
+        &config_arg,
         "--sim-journal",
-        &journal_path.display().to_string(),
-        "--master-key-file",
-        &master_key.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-
-    let mut nodes = Vec::new();
-    let first =
-        tokio::task::block_in_place(|| TestApp::spawn_node(Arc::clone(&schema), None, &args));
-    let credentials = qtask::credentials::path(&first.data_dir);
-    nodes.push(first);
-    for _ in 1..NODES {
-        nodes.push(tokio::task::block_in_place(|| {
-            TestApp::spawn_node(Arc::clone(&schema), Some(&credentials), &args)
-        }));
-    }
+        &journal_arg,
+    ];
+    let cluster = tokio::task::block_in_place(|| helpers::Cluster::start(NODES, &args));
+    let schema = Arc::clone(&cluster.schema);
+    let mut nodes = cluster.nodes;
     let load = Load::spread(nodes.iter().map(TestApp::client).collect());
     let loops: Vec<_> = (0..CLIENT_LOOPS + 2)
         .map(|n| {
@@ -638,13 +616,8 @@ async fn three_nodes_on_postgres_lose_nothing_when_one_is_killed() {
 /// key refuses to start and says why, instead of failing every call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_node_with_another_master_key_refuses_to_start() {
-    use qtask_store_postgres::testing::{test_database_url, ScratchSchema, TEST_DATABASE_ENV};
-    let base = test_database_url()
-        .unwrap_or_else(|| panic!("{TEST_DATABASE_ENV} is not set (scripts/test sets it)"));
-    let schema = Arc::new(tokio::task::block_in_place(|| ScratchSchema::create(&base)));
-    let first = tokio::task::block_in_place(|| {
-        TestApp::spawn_node(Arc::clone(&schema), None, &["--sim-speed", "0"])
-    });
+    let cluster = tokio::task::block_in_place(|| helpers::Cluster::start(1, &["--sim-speed", "0"]));
+    let (schema, first) = (&cluster.schema, &cluster.nodes[0]);
     let other = tempfile::tempdir().expect("a temporary directory");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_qtask"))
         .args([
@@ -656,7 +629,7 @@ async fn a_postgres_node_with_another_master_key_refuses_to_start() {
             "--data-dir",
         ])
         .arg(other.path().join("data"))
-        .envs(helpers::database_env(Some(&schema)))
+        .envs(helpers::database_env(Some(schema)))
         .env("QTASK_LOG", "warn")
         .output()
         .expect("qtask runs");

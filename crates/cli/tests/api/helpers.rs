@@ -300,6 +300,56 @@ impl Drop for TestApp {
 
 // ---- General-purpose waits and fixtures (added for the task and durability tests) ----
 
+/// Nodes of one deployment on PostgreSQL, for the multi-node tests: a scratch schema of
+/// `QTASK_TEST_DATABASE_URL`, one master key for all (nodes must share it), and `count`
+/// nodes started with `args`; the first creates the credentials every node signs with.
+/// Blocking: call it inside `block_in_place` on a multi-threaded runtime.
+pub struct Cluster {
+    pub schema: std::sync::Arc<qtask_store_postgres::testing::ScratchSchema>,
+    pub nodes: Vec<TestApp>,
+    /// `--master-key-file` and the key file every node was given.
+    pub key_args: [String; 2],
+    _work: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(count: usize, args: &[&str]) -> Self {
+        use qtask_store_postgres::testing::{test_database_url, ScratchSchema, TEST_DATABASE_ENV};
+        let base = test_database_url()
+            .unwrap_or_else(|| panic!("{TEST_DATABASE_ENV} is not set (scripts/test sets it)"));
+        let schema = std::sync::Arc::new(ScratchSchema::create(&base));
+        let work = tempfile::tempdir().expect("a temporary directory");
+        let master_key = work.path().join("master.key");
+        std::fs::write(&master_key, qtask_store_sql::MasterKey::generate().unwrap()).unwrap();
+        std::fs::set_permissions(
+            &master_key,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let key_args = [
+            "--master-key-file".to_owned(),
+            master_key.display().to_string(),
+        ];
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(key_args.iter().map(String::as_str));
+        let mut nodes: Vec<TestApp> = Vec::new();
+        for _ in 0..count {
+            let credentials = nodes
+                .first()
+                .map(|first| qtask::credentials::path(&first.data_dir));
+            let node =
+                TestApp::spawn_node(std::sync::Arc::clone(&schema), credentials.as_deref(), &all);
+            nodes.push(node);
+        }
+        Self {
+            schema,
+            nodes,
+            key_args,
+            _work: work,
+        }
+    }
+}
+
 /// `QTASK_DATABASE` for a server's (or a command's) store: its scratch schema, or SQLite.
 pub fn database_env(
     database: Option<&qtask_store_postgres::testing::ScratchSchema>,

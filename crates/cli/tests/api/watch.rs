@@ -266,34 +266,12 @@ async fn a_chain_calls_back_once_when_final_signed_and_retried() {
 /// Needs `QTASK_TEST_DATABASE_URL` (scripts/test sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_every_node_streams_the_events_of_tasks_another_node_ran() {
-    use qtask_store_postgres::testing::{test_database_url, ScratchSchema, TEST_DATABASE_ENV};
-    use std::sync::Arc;
-    let base = test_database_url()
-        .unwrap_or_else(|| panic!("{TEST_DATABASE_ENV} is not set (scripts/test sets it)"));
-    let schema = Arc::new(tokio::task::block_in_place(|| ScratchSchema::create(&base)));
-    // Both nodes must seal and open SecretKeys with the same master key.
-    let work = tempfile::tempdir().expect("a temporary directory");
-    let master_key = work.path().join("master.key");
-    std::fs::write(&master_key, qtask_store_sql::MasterKey::generate().unwrap()).unwrap();
-    std::fs::set_permissions(
-        &master_key,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let master_key = master_key.display().to_string();
-    let args = [
-        "--sim-speed",
-        "0.05",
-        "--workers",
-        "2",
-        "--master-key-file",
-        &master_key,
-    ];
-    let a = tokio::task::block_in_place(|| TestApp::spawn_node(Arc::clone(&schema), None, &args));
-    let credentials = qtask::credentials::path(&a.data_dir);
-    let b = tokio::task::block_in_place(|| {
-        TestApp::spawn_node(Arc::clone(&schema), Some(&credentials), &args)
+    let cluster = tokio::task::block_in_place(|| {
+        crate::helpers::Cluster::start(2, &["--sim-speed", "0.05", "--workers", "2"])
     });
+    let [a, b] = &cluster.nodes[..] else {
+        unreachable!("two nodes")
+    };
     let ids = a.create_instances(3, "relayed").await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let streams = [open_events(&a, &[]).await, open_events(&b, &[]).await];
