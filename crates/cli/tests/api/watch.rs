@@ -274,9 +274,9 @@ async fn on_postgres_every_node_streams_the_events_of_tasks_another_node_ran() {
     };
     let ids = a.create_instances(3, "relayed").await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let streams = [open_events(&a, &[]).await, open_events(&b, &[]).await];
+    let streams = [open_events(a, &[]).await, open_events(b, &[]).await];
     let (url, delivered) = receiver(0).await;
-    let stop = chain(&a, "StopInstances", &refs, &[("callbackUrl", &url)]).await;
+    let stop = chain(a, "StopInstances", &refs, &[("callbackUrl", &url)]).await;
     let tasks: Vec<String> = ids.iter().map(|id| detail_task(&stop, id)).collect();
 
     let events_of = |events: &[(String, Value)], task: &str| -> Vec<String> {
