@@ -260,18 +260,28 @@ async fn a_chain_calls_back_once_when_final_signed_and_retried() {
     assert!(text(&bad["message"]).contains("callbackUrl"), "{bad}");
 }
 
-/// Two nodes on one PostgreSQL schema: each task runs on one of them, yet both nodes'
-/// event streams show every task start and succeed, each event once (relayed, never
-/// echoed back). Without the relay one stream would miss every task the other node ran.
+/// Two nodes on one PostgreSQL schema: every task runs on node A, yet both nodes' event
+/// streams show every task start and succeed, each event once (relayed, never echoed
+/// back), and the chain's callback comes once (B does not call back on relayed events).
 /// Needs `QTASK_TEST_DATABASE_URL` (scripts/test sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_every_node_streams_the_events_of_tasks_another_node_ran() {
+    // Node A runs every task; node B runs none (`--workers 0`), so B's stream sees them
+    // only through the relay, and a callback from B could only come from a relayed event.
     let cluster = tokio::task::block_in_place(|| {
-        crate::helpers::Cluster::start(2, &["--sim-speed", "0.05", "--workers", "2"])
+        crate::helpers::Cluster::start(1, &["--sim-speed", "0.05", "--workers", "2"])
     });
-    let [a, b] = &cluster.nodes[..] else {
-        unreachable!("two nodes")
-    };
+    let a = &cluster.nodes[0];
+    let credentials = qtask::credentials::path(&a.data_dir);
+    let mut b_args = vec!["--sim-speed", "0.05", "--workers", "0"];
+    b_args.extend(cluster.key_args.iter().map(String::as_str));
+    let b = &tokio::task::block_in_place(|| {
+        TestApp::spawn_node(
+            std::sync::Arc::clone(&cluster.schema),
+            Some(&credentials),
+            &b_args,
+        )
+    });
     let ids = a.create_instances(3, "relayed").await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let streams = [open_events(a, &[]).await, open_events(b, &[]).await];
