@@ -50,14 +50,14 @@ pub async fn post(
             let error = ApiError::invalid_parameter(format!(
                 "the request body is larger than {MAX_BODY_BYTES} bytes (1 MiB)"
             ));
-            return answer(error.to_body());
+            return answer_and_close(error.to_body());
         }
         Err(_) => {
             let error = ApiError::invalid_parameter(format!(
                 "the request body did not arrive within {}s",
                 BODY_READ_TIMEOUT.as_secs()
             ));
-            return answer(error.to_body());
+            return answer_and_close(error.to_body());
         }
     };
     handle(&state, HttpMethod::Post, peer, &headers, &uri, &body).await
@@ -215,6 +215,18 @@ pub fn answer(body: String) -> Response {
         body,
     )
         .into_response()
+}
+
+/// An answer to a request whose body was left partly unread: the connection cannot carry
+/// another request, so the answer says it closes. Without `Connection: close` a client may
+/// put the connection back in its pool and lose its next request to a broken pipe.
+fn answer_and_close(body: String) -> Response {
+    let mut response = answer(body);
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// The start of an answer, for the log line (code and message, never data).

@@ -1304,6 +1304,17 @@ async fn oversized_requests_are_refused_with_4000_naming_the_limit() {
         "Action=DescribeInstances&pad={}",
         "x".repeat(2 * 1024 * 1024)
     );
+    // The body is left partly unread, so the answer closes the connection: a client
+    // that pooled it would lose its next request to a broken pipe.
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/v2/index.php", app.http))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(huge.clone())
+        .send()
+        .await
+        .expect("HTTP 200 with an envelope, not 413");
+    assert_eq!(refused.status(), 200);
+    assert_eq!(refused.headers()["connection"], "close");
     let answer = client
         .send_form(HttpMethod::Post, huge)
         .await
