@@ -31,8 +31,8 @@ use qtask_core::{
     AccountId, Nonce, Region, Rejection, RequestId, ResourceId, SecretId, UnixMillis,
 };
 use qtask_store::{
-    AccountLimits, KeyAccess, NonceClaim, NonceOutcome, RequestRate, Runnable, Store, StoreError,
-    Submission, Submitted, Target,
+    AccountLimits, AuditEntry, KeyAccess, NonceClaim, NonceOutcome, RequestRate, Runnable, Store,
+    StoreError, Submission, Submitted, Target,
 };
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -55,6 +55,8 @@ pub struct Call {
     pub access: KeyAccess,
     /// Whether the calling key is its account's main key.
     pub main_key: bool,
+    /// The client's address as the server saw it (for the audit log).
+    pub source: String,
 }
 
 /// Actions only an account's main key may call (the first key created for it): the
@@ -229,7 +231,10 @@ impl Engine {
 
     /// Runs one verified call and returns the body to send.
     pub async fn call(&self, call: Call) -> String {
-        match self.try_call(call).await {
+        // A mutating call is audited whatever its outcome: with its tasks when it
+        // submits any, else on its own once answered.
+        let mut audit = self.audit_entry(&call);
+        let body = match self.try_call(call, &mut audit).await {
             Ok(Reply::Fresh(answer)) => self.render.render(&Ok(answer)),
             Ok(Reply::Stored(body)) => body,
             Err(error) => {
@@ -238,7 +243,14 @@ impl Engine {
                 }
                 self.render.render(&Err(error))
             }
+        };
+        if let Some(mut entry) = audit {
+            entry.complete_from_answer(&body);
+            if let Err(error) = self.store.audit(entry).await {
+                tracing::error!(%error, "cannot write the audit log");
+            }
         }
+        body
     }
 
     /// The checks that need only the key and the action's name: rate, main key, the
@@ -294,7 +306,12 @@ impl Engine {
         refuse_resources(call, resources.iter())
     }
 
-    async fn try_call(&self, call: Call) -> Result<Reply, EngineError> {
+    /// `audit` is taken once the call's submission wrote it.
+    async fn try_call(
+        &self,
+        call: Call,
+        audit: &mut Option<AuditEntry>,
+    ) -> Result<Reply, EngineError> {
         self.admit(&call)?;
         let action = self
             .catalog
@@ -333,12 +350,28 @@ impl Engine {
             Handler::Replan(replan) => replan(ctx).await?,
         };
         Self::check_resources(&call, &plan)?;
-        self.submit(&call, nonce, plan).await
+        self.submit(&call, nonce, plan, audit).await
+    }
+
+    /// The audit entry of a mutating call, before its answer; `None` for a query or an
+    /// unknown action.
+    fn audit_entry(&self, call: &Call) -> Option<AuditEntry> {
+        self.audited_resources(call).map(|resources| AuditEntry {
+            id: 0,
+            at: call.now,
+            account: call.account,
+            secret_id: call.secret_id.as_str().to_owned(),
+            source: call.source.clone(),
+            action: call.action.clone(),
+            resources,
+            code: 0,
+            request_ids: Vec::new(),
+        })
     }
 
     /// For a mutating call, the resource IDs it names (for the audit log); `None` for a
     /// query or an unknown action.
-    pub fn audited_resources(&self, call: &Call) -> Option<Vec<String>> {
+    fn audited_resources(&self, call: &Call) -> Option<Vec<String>> {
         let spec = self.catalog.get(&call.action)?;
         if !spec.is_mutating() {
             return None;
@@ -406,6 +439,7 @@ impl Engine {
         call: &Call,
         nonce: NonceClaim,
         mut plan: Plan,
+        audit: &mut Option<AuditEntry>,
     ) -> Result<Reply, EngineError> {
         let mut attempt = 0;
         let submitted = loop {
@@ -422,9 +456,15 @@ impl Engine {
                 now: call.now,
                 answer: Box::new(move |report| render.render(&shape.answer(report))),
                 limits: self.limits,
+                audit: audit.clone(),
             };
             attempt += 1;
             match self.store.submit(submission).await {
+                Ok(submitted) => {
+                    // Written with the submission.
+                    *audit = None;
+                    break submitted;
+                }
                 // A new resource drew an ID that exists; the store rolled the whole
                 // submission back, so draw again.
                 Err(StoreError::DuplicateResource(id)) if attempt < 5 => {

@@ -90,6 +90,7 @@ async fn submit_creation(f: &Fixture, id: &str, name: &str, nonce: u64) -> Reque
         now: 1,
         answer: Box::new(|_| String::new()),
         limits: Default::default(),
+        audit: None,
     };
     match f.store.submit(submission).await.unwrap() {
         Submitted::New { report, .. } => report.accepted().next().unwrap(),

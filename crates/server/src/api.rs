@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use qtask_engine::time::now_millis;
 use qtask_protocol::signature::HttpMethod;
 use qtask_protocol::{ApiError, ErrorCode};
-use qtask_store::AuditEntry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::field::{display, Empty};
@@ -79,7 +78,12 @@ async fn handle(
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| uri.authority().map(|a| a.as_str()));
-        let request = IncomingRequest { method, host, form };
+        let request = IncomingRequest {
+            method,
+            host,
+            form,
+            peer,
+        };
         if let Some(refused) = refuse_when_draining(state) {
             return answered(refused, None, ErrorCode::Unavailable.code());
         }
@@ -94,24 +98,7 @@ async fn handle(
                 }
                 let names_a_task = named.is_some();
                 let action = call.action.clone();
-                let audit = state
-                    .engine
-                    .audited_resources(&call)
-                    .map(|resources| AuditEntry {
-                        id: 0,
-                        at: call.now,
-                        account: call.account,
-                        secret_id: call.secret_id.as_str().to_owned(),
-                        source: peer.ip().to_string(),
-                        action: action.clone(),
-                        resources,
-                        code: 0,
-                        request_ids: Vec::new(),
-                    });
                 let body = state.engine.call(call).await;
-                if let Some(entry) = audit {
-                    record_audit(state, entry, &body).await;
-                }
                 let summary = AnswerSummary::of(&body);
                 if let (Some(id), false) = (&summary.request_id, names_a_task) {
                     span.record("requestId", display(id));
@@ -127,33 +114,6 @@ async fn handle(
     }
     .instrument(span)
     .await
-}
-
-/// Completes the audit entry of a mutating call from its answer (code, requestIds, the
-/// IDs of resources it created) and writes it before the answer goes out.
-async fn record_audit(state: &AppState, mut entry: AuditEntry, body: &str) {
-    let answer: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    entry.code = answer["code"]
-        .as_u64()
-        .unwrap_or(u64::from(ErrorCode::InternalError.code())) as u32;
-    let text = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
-    entry.request_ids.extend(text(&answer["requestId"]));
-    if let Some(detail) = answer["detail"].as_object() {
-        entry
-            .request_ids
-            .extend(detail.values().filter_map(|d| text(&d["requestId"])));
-    }
-    // A creation answers its new IDs in a list named `…Ids`.
-    if let Some(fields) = answer.as_object() {
-        for (key, value) in fields {
-            if let (true, Some(ids)) = (key.ends_with("Ids"), value.as_array()) {
-                entry.resources.extend(ids.iter().filter_map(text));
-            }
-        }
-    }
-    if let Err(error) = state.store.audit(entry).await {
-        tracing::error!(%error, "cannot write the audit log");
-    }
 }
 
 /// What an API call was and how it was answered, attached to its response for the

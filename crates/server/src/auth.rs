@@ -31,6 +31,8 @@ pub struct IncomingRequest<'a> {
     /// The `Host` the client addressed (HTTP/1.1 header or HTTP/2 authority).
     pub host: Option<&'a str>,
     pub form: &'a [u8],
+    /// The client's address (recorded in the audit log).
+    pub peer: std::net::SocketAddr,
 }
 
 pub async fn verify(
@@ -157,6 +159,7 @@ pub async fn verify(
         now,
         access: key.access,
         main_key: key.main,
+        source: request.peer.ip().to_string(),
     })
 }
 
@@ -195,6 +198,7 @@ mod tests {
             method: HttpMethod::Get,
             host,
             form: b"",
+            peer: ([127, 0, 0, 1], 9).into(),
         };
         assert_eq!(
             candidate_hosts(&request(Some("127.0.0.1")), &auth),

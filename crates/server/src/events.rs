@@ -40,6 +40,7 @@ pub async fn stream(
         method: HttpMethod::Get,
         host,
         form,
+        peer,
     };
     let call = match auth::verify(&state, request, now_millis()).await {
         Ok(call) => call,

@@ -242,7 +242,8 @@ impl Db for PgConn {
             .collect()
     }
 
-    fn batch(&mut self, sql: &str) -> StoreResult<()> {
+    fn control(&mut self, sql: &str) -> StoreResult<()> {
+        // The simple protocol: one round trip, where a prepared statement takes two.
         self.client.batch_execute(sql).map_err(backend)
     }
 }
@@ -259,18 +260,18 @@ impl WriteConn for PgConn {
             self.statements.clear();
         }
         // Batches of all nodes take turns: see the writer's module documentation.
-        self.batch(&format!(
+        self.control(&format!(
             "BEGIN; SELECT pg_advisory_xact_lock({})",
             target.lock_key
         ))
     }
 
     fn commit(&mut self) -> StoreResult<()> {
-        self.batch("COMMIT")
+        self.control("COMMIT")
     }
 
     fn rollback(&mut self) {
-        let _ = self.batch("ROLLBACK");
+        let _ = self.control("ROLLBACK");
     }
 
     fn shared(&self) -> bool {

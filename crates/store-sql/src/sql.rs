@@ -197,8 +197,10 @@ pub trait Db {
     fn execute(&mut self, sql: &str, args: &[Value<'_>]) -> StoreResult<u64>;
     /// Runs a query; returns every row.
     fn query(&mut self, sql: &str, args: &[Value<'_>]) -> StoreResult<Vec<Row>>;
-    /// Runs statements without arguments (transaction control).
-    fn batch(&mut self, sql: &str) -> StoreResult<()>;
+    /// Runs transaction control: a statement without arguments or rows, which a backend
+    /// may keep prepared since the writer runs the same few all the time. (PostgreSQL's
+    /// also takes several statements separated by `;`, in one round trip.)
+    fn control(&mut self, sql: &str) -> StoreResult<()>;
 }
 
 impl dyn Db + '_ {

@@ -2,6 +2,7 @@
 //! every job waiting (up to [`MAX_BATCH`]), runs each in its own savepoint inside one
 //! transaction, commits once — one fsync for the whole group — and only then answers
 //! each caller. A job that fails rolls back to its savepoint without touching the others.
+//! A job alone in its group needs no savepoint: if it fails, the transaction rolls back.
 //!
 //! On a database several qtask nodes share, each batch first takes the cluster-wide
 //! write lock (see [`WriteConn::begin`]), so batches from different nodes never
@@ -115,9 +116,19 @@ impl WriterState {
 
 /// Called once the batch's transaction has committed (`Ok`) or failed (`Err`).
 type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
-/// Runs the job's operation (when the flag says the transaction is open) and returns
-/// how to answer its caller.
-type Job = Box<dyn FnOnce(&mut dyn Db, &mut WriterState, bool) -> Finish + Send>;
+/// How a job runs in its batch.
+#[derive(Clone, Copy, PartialEq)]
+enum Run {
+    /// The transaction did not start: the job answers with the batch's error.
+    Not,
+    /// The only job of its batch: no savepoint; a failure rolls the transaction back.
+    Alone,
+    /// One of several: in a savepoint of its own.
+    InGroup,
+}
+/// Runs the job's operation and returns how to answer its caller, and whether the
+/// operation failed.
+type Job = Box<dyn FnOnce(&mut dyn Db, &mut WriterState, Run) -> (Finish, bool) + Send>;
 
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -144,19 +155,21 @@ impl WriterHandle {
     {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |db, state, run| {
-            let result = if run {
-                in_savepoint(db, state, op)
-            } else {
-                Err(StoreError::Backend(
+            let result = match run {
+                Run::Not => Err(StoreError::Backend(
                     "not run: the transaction did not start".into(),
-                ))
+                )),
+                Run::Alone => guarded(db, state, op),
+                Run::InGroup => in_savepoint(db, state, op),
             };
-            Box::new(move |commit| {
+            let failed = result.is_err();
+            let finish: Finish = Box::new(move |commit| {
                 let _ = reply.send(match commit {
                     Ok(()) => result,
                     Err(e) => Err(e.clone()),
                 });
-            })
+            });
+            (finish, failed)
         });
         self.jobs
             .send(job)
@@ -167,20 +180,27 @@ impl WriterHandle {
     }
 }
 
+/// Runs `op`, turning a panic into an error.
+fn guarded<T>(
+    db: &mut dyn Db,
+    state: &mut WriterState,
+    op: impl FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T>,
+) -> StoreResult<T> {
+    catch_unwind(AssertUnwindSafe(|| op(db, state)))
+        .unwrap_or_else(|_| Err(StoreError::Backend("a store operation panicked".into())))
+}
+
 fn in_savepoint<T>(
     db: &mut dyn Db,
     state: &mut WriterState,
     op: impl FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    db.batch("SAVEPOINT job")?;
-    let result = catch_unwind(AssertUnwindSafe(|| op(&mut *db, state)))
-        .unwrap_or_else(|_| Err(StoreError::Backend("a store operation panicked".into())));
-    let end = if result.is_ok() {
-        "RELEASE SAVEPOINT job"
-    } else {
-        "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"
-    };
-    db.batch(end)?;
+    db.control("SAVEPOINT job")?;
+    let result = guarded(&mut *db, state, op);
+    if result.is_err() {
+        db.control("ROLLBACK TO SAVEPOINT job")?;
+    }
+    db.control("RELEASE SAVEPOINT job")?;
     result
 }
 
@@ -214,15 +234,35 @@ fn run<C: WriteConn>(mut conn: C, mut state: WriterState, inbox: mpsc::Receiver<
             tracing::error!(%error, "store writer cannot begin a transaction");
             for job in batch {
                 // The job does not run; its caller gets the error.
-                job(&mut conn, &mut state, false)(Err(&error));
+                job(&mut conn, &mut state, Run::Not).0(Err(&error));
             }
             continue;
         }
         state.woke_tasks = false;
+        let run = if batch.len() == 1 {
+            Run::Alone
+        } else {
+            Run::InGroup
+        };
+        let mut failed_alone = false;
         let finishes: Vec<Finish> = batch
             .into_iter()
-            .map(|job| job(&mut conn, &mut state, true))
+            .map(|job| {
+                let (finish, failed) = job(&mut conn, &mut state, run);
+                failed_alone = failed && run == Run::Alone;
+                finish
+            })
             .collect();
+        if failed_alone {
+            // Nothing of the failed job may stay, and nothing else is in the transaction;
+            // its caller gets the job's own error. (Allocated IDs are not reused: gaps
+            // are harmless.)
+            conn.rollback();
+            for finish in finishes {
+                finish(Ok(()));
+            }
+            continue;
+        }
         let commit = state
             .persist(&mut conn)
             .and_then(|()| {

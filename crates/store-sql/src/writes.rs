@@ -52,6 +52,21 @@ fn insert_nonce(db: &mut dyn Db, claim: &NonceClaim) -> StoreResult<Option<Optio
 pub fn submit(
     db: &mut dyn Db,
     ids: &mut WriterState,
+    mut submission: Submission,
+) -> StoreResult<Submitted> {
+    let audit = submission.audit.take();
+    let submitted = submit_tasks(db, ids, submission)?;
+    if let Some(mut entry) = audit {
+        // In the submission's transaction: no commit of its own.
+        entry.complete_from_answer(submitted.answer());
+        crate::audit::append(db, &entry)?;
+    }
+    Ok(submitted)
+}
+
+fn submit_tasks(
+    db: &mut dyn Db,
+    ids: &mut WriterState,
     submission: Submission,
 ) -> StoreResult<Submitted> {
     let Submission {
@@ -65,6 +80,7 @@ pub fn submit(
         now,
         answer,
         limits,
+        audit: _,
     } = submission;
 
     if let Some(resent) = insert_nonce(db, &nonce)? {

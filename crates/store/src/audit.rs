@@ -22,6 +22,30 @@ pub struct AuditEntry {
     pub request_ids: Vec<String>,
 }
 
+impl AuditEntry {
+    /// Completes the entry from its call's answer: the code, the requestIds it gave
+    /// (a chain's under `detail`), and the IDs of resources it created (a list named
+    /// `…Ids`).
+    pub fn complete_from_answer(&mut self, body: &str) {
+        let answer: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        // An answer that is not an envelope is an internal error (6000).
+        self.code = answer["code"].as_u64().unwrap_or(6000) as u32;
+        let text = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        self.request_ids.extend(text(&answer["requestId"]));
+        if let Some(detail) = answer["detail"].as_object() {
+            self.request_ids
+                .extend(detail.values().filter_map(|d| text(&d["requestId"])));
+        }
+        if let Some(fields) = answer.as_object() {
+            for (key, value) in fields {
+                if let (true, Some(ids)) = (key.ends_with("Ids"), value.as_array()) {
+                    self.resources.extend(ids.iter().filter_map(text));
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub action: Option<String>,

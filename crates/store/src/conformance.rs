@@ -129,6 +129,7 @@ fn submission(
         now,
         answer,
         limits: AccountLimits::default(),
+        audit: None,
     };
     (submission, probe)
 }
@@ -4133,6 +4134,20 @@ pub async fn stats_count_tasks_by_state(store: &dyn Store) {
     ]
     .into();
     assert_eq!(tasks_by_state(store).await, expected);
+
+    // Retention deletes the final tasks: the counts follow deletions too.
+    let retention = Retention {
+        tasks_finished_before: T0 + 4,
+        ..retain_everything(100)
+    };
+    purge_all(store, retention, 10).await;
+    let expected: HashMap<TaskState, u64> =
+        [(TaskState::Queued, 2), (TaskState::Running, 1)].into();
+    assert_eq!(
+        tasks_by_state(store).await,
+        expected,
+        "after retention deleted the final tasks"
+    );
 }
 
 /// The queue summary counts the QUEUED tasks a worker could claim now, in every account:
@@ -5200,6 +5215,100 @@ pub async fn audit_log_lists_an_accounts_entries_newest_first(store: &dyn Store)
     assert_eq!(list(b, AuditFilter::default()).await.total, 1);
 }
 
+/// A submission carrying its call's audit entry writes it in the submission's own
+/// transaction, completed from the answer (code, requestIds); a resent request is
+/// audited too; a refused submission writes nothing, leaving the entry to its caller.
+pub async fn a_submission_writes_its_audit_entry_with_its_tasks(store: &dyn Store) {
+    let a = account(store, "main").await;
+    instance(store, a, gz(), &ins(1), "RUNNING", json!({}), T0).await;
+    let template = AuditEntry {
+        id: 0,
+        at: T0 + 1,
+        account: a,
+        secret_id: secret().as_str().to_owned(),
+        source: "10.0.0.2".into(),
+        action: "StopInstances".into(),
+        resources: vec![ins(1).as_str().to_owned()],
+        code: 0,
+        request_ids: Vec::new(),
+    };
+    let nonce = fresh_nonce();
+    let make = |nonce: NonceClaim| {
+        let (mut sub, _) = submission(
+            a,
+            gz(),
+            "StopInstances",
+            false,
+            vec![existing(&ins(1), &[], stop_effect())],
+            T0 + 1,
+        );
+        sub.nonce = nonce;
+        sub.answer = Box::new(|report: &SubmitReport| {
+            format!(r#"{{"code":0,"requestId":"{}"}}"#, only_task(report))
+        });
+        sub.audit = Some(template.clone());
+        sub
+    };
+    let task = submit_new(store, make(nonce.clone())).await;
+    let task = only_task(&task).to_string();
+    let entries = || async {
+        store
+            .audit_log(
+                a,
+                AuditFilter::default(),
+                Page {
+                    offset: 0,
+                    limit: 10,
+                },
+            )
+            .await
+            .expect("audit_log")
+    };
+    let written = entries().await;
+    assert_eq!(written.total, 1, "{written:?}");
+    let entry = &written.items[0];
+    assert_eq!(
+        (
+            entry.code,
+            &entry.request_ids,
+            &entry.source,
+            &entry.resources
+        ),
+        (
+            0,
+            &vec![task.clone()],
+            &template.source,
+            &template.resources
+        ),
+        "completed from the answer"
+    );
+
+    match store.submit(make(nonce.clone())).await {
+        Ok(Submitted::Repeated { .. }) => {}
+        other => panic!("the same request again must be Repeated, got {other:?}"),
+    }
+    let written = entries().await;
+    assert_eq!(
+        written.total, 2,
+        "the resent request is audited: {written:?}"
+    );
+    assert_eq!(written.items[0].request_ids, vec![task], "{written:?}");
+
+    let forged = nonce_claim(&nonce.secret_id, nonce.nonce.get(), "another signature");
+    assert!(
+        matches!(
+            store.submit(make(forged)).await,
+            Err(StoreError::NonceReused { .. })
+        ),
+        "a reused nonce is refused"
+    );
+    assert_eq!(
+        entries().await.total,
+        2,
+        "a refused submission writes no entry"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // Key access, blocked accounts and account limits (issue #8)
 
@@ -5424,6 +5533,7 @@ macro_rules! conformance_tests {
             listings_page_through_equal_creation_times_once,
             accounts_and_keys,
             audit_log_lists_an_accounts_entries_newest_first,
+            a_submission_writes_its_audit_entry_with_its_tasks,
         );
         $crate::conformance_tests!(@concurrent $fresh; concurrent_submits_stay_within_the_unfinished_task_limit,
             concurrent_submits_all_commit_with_distinct_ids,

@@ -250,6 +250,9 @@ pub struct Submission {
     pub answer: AnswerFn,
     /// Checked inside the transaction, so concurrent submissions cannot pass together.
     pub limits: AccountLimits,
+    /// The call's audit entry, completed from the answer and written in the same
+    /// transaction when the submission succeeds (new or repeated).
+    pub audit: Option<AuditEntry>,
 }
 
 /// One task of a submission.
@@ -329,6 +332,15 @@ pub enum Submitted {
     /// The same request was answered before (a resent nonce or a repeated client
     /// token): nothing new was created.
     Repeated { answer: String },
+}
+
+impl Submitted {
+    /// The answer to give the caller.
+    pub fn answer(&self) -> &str {
+        match self {
+            Self::New { answer, .. } | Self::Repeated { answer } => answer,
+        }
+    }
 }
 
 /// A fencing token: drawn anew, larger than every earlier one, at each claim. Only the

@@ -605,6 +605,7 @@ mod tests {
             now: 0,
             access: Default::default(),
             main_key: true,
+            source: "127.0.0.1".into(),
         }
     }
 
