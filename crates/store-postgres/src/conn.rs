@@ -249,7 +249,9 @@ impl Db for PgConn {
 }
 
 impl WriteConn for PgConn {
-    fn begin(&mut self) -> StoreResult<()> {
+    /// Always durable: on a shared database a lost claim could give its fencing token
+    /// again while the node that drew it still runs the task.
+    fn begin(&mut self, _sync: bool) -> StoreResult<()> {
         let target = self
             .target
             .clone()

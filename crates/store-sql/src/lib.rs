@@ -19,7 +19,7 @@ use qtask_core::{AccountId, RequestId, SecretId, UnixMillis};
 use qtask_store::*;
 use sql::Db;
 use std::sync::Arc;
-use writer::{WriteConn, WriterHandle};
+use writer::{WriteConn, WriteMode, WriterHandle};
 
 pub use sealing::MasterKey;
 
@@ -220,8 +220,15 @@ where
     M::Connection: Db,
 {
     async fn record_nonce(&self, claim: NonceClaim) -> StoreResult<NonceOutcome> {
+        // One insert, refused without a change. Lazy: a power failure can only lose
+        // nonces of queries (a mutating call's nonce commits with its tasks), and a
+        // replayed query changes nothing.
+        let mode = WriteMode {
+            atomic: true,
+            lazy: true,
+        };
         self.writer
-            .write(move |db, _| writes::record_nonce(db, &claim))
+            .write_with(mode, move |db, _| writes::record_nonce(db, &claim))
             .await
     }
 
@@ -231,8 +238,16 @@ where
     }
 
     async fn claim(&self, task: RequestId, lease: Lease) -> StoreResult<Option<ClaimedTask>> {
+        // Lazy: a claim a power failure loses leaves its task QUEUED, to run again after
+        // the restart, as a claimed task whose run the failure cut would (the restart
+        // takes its own RUNNING tasks back). Its completion commits durably, and with it
+        // every earlier write.
+        let mode = WriteMode {
+            atomic: false,
+            lazy: true,
+        };
         self.writer
-            .write(move |db, s| writes::claim(db, s, task, &lease))
+            .write_with(mode, move |db, s| writes::claim(db, s, task, &lease))
             .await
     }
 
@@ -433,8 +448,12 @@ where
     M::Connection: Db,
 {
     async fn audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        let mode = WriteMode {
+            atomic: true,
+            lazy: false,
+        };
         self.writer
-            .write(move |db, _| audit::append(db, &entry))
+            .write_with(mode, move |db, _| audit::append(db, &entry))
             .await
     }
 

@@ -24,7 +24,9 @@ pub const MAX_BATCH: usize = 512;
 pub trait WriteConn: Db + Send + 'static {
     /// Opens a batch's transaction. On a shared database it also takes the
     /// cluster-wide write lock, held until commit or rollback.
-    fn begin(&mut self) -> StoreResult<()>;
+    /// `sync`: the commit must be durable before it returns; a backend may ignore
+    /// `false` and always wait for the disk.
+    fn begin(&mut self, sync: bool) -> StoreResult<()>;
     fn commit(&mut self) -> StoreResult<()>;
     fn rollback(&mut self);
     /// Whether other processes write the same database (the counters must then be
@@ -130,16 +132,35 @@ enum Run {
 /// operation failed.
 type Job = Box<dyn FnOnce(&mut dyn Db, &mut WriterState, Run) -> (Finish, bool) + Send>;
 
+/// A job waiting for its batch.
+struct Queued {
+    job: Job,
+    /// Whether its batch's commit must reach the disk before anyone is answered.
+    sync: bool,
+}
+
+/// What a write may skip, when its operation allows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteMode {
+    /// The operation has changed nothing when it fails (one change at most, and no
+    /// statement that fails short of a broken connection): no savepoint of its own.
+    pub atomic: bool,
+    /// Losing the write to a power failure is harmless (what it recorded is redone
+    /// after the restart): its batch may commit without waiting for the disk, if every
+    /// job of the batch is lazy and the backend allows it (see [`WriteConn::commit`]).
+    pub lazy: bool,
+}
+
 #[derive(Clone)]
 pub struct WriterHandle {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Queued>,
 }
 
 impl WriterHandle {
     /// Starts the writer thread on `conn`.
     pub fn spawn<C: WriteConn>(mut conn: C) -> StoreResult<Self> {
         let state = WriterState::load(&mut conn)?;
-        let (jobs, inbox) = mpsc::channel::<Job>();
+        let (jobs, inbox) = mpsc::channel::<Queued>();
         std::thread::Builder::new()
             .name("qtask-store-writer".into())
             .spawn(move || run(conn, state, inbox))
@@ -153,6 +174,16 @@ impl WriterHandle {
         T: Send + 'static,
         F: FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T> + Send + 'static,
     {
+        self.write_with(WriteMode::default(), op).await
+    }
+
+    /// Runs `op` in the next group commit, as `mode` allows, and answers once it is
+    /// committed.
+    pub async fn write_with<T, F>(&self, mode: WriteMode, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |db, state, run| {
             let result = match run {
@@ -160,7 +191,8 @@ impl WriterHandle {
                     "not run: the transaction did not start".into(),
                 )),
                 Run::Alone => guarded(db, state, op),
-                Run::InGroup => in_savepoint(db, state, op),
+                Run::InGroup if !mode.atomic => in_savepoint(db, state, op),
+                Run::InGroup => guarded(db, state, op),
             };
             let failed = result.is_err();
             let finish: Finish = Box::new(move |commit| {
@@ -172,7 +204,10 @@ impl WriterHandle {
             (finish, failed)
         });
         self.jobs
-            .send(job)
+            .send(Queued {
+                job,
+                sync: !mode.lazy,
+            })
             .map_err(|_| StoreError::Backend("the store is closed".into()))?;
         answer
             .await
@@ -206,8 +241,8 @@ fn in_savepoint<T>(
 
 /// Opens the batch's transaction and, on a shared database, reads the counters other
 /// nodes may have moved.
-fn begin<C: WriteConn>(conn: &mut C, state: &mut WriterState) -> StoreResult<()> {
-    conn.begin()?;
+fn begin<C: WriteConn>(conn: &mut C, state: &mut WriterState, sync: bool) -> StoreResult<()> {
+    conn.begin(sync)?;
     if conn.shared() {
         match WriterState::load(conn) {
             Ok(fresh) => *state = fresh,
@@ -220,7 +255,7 @@ fn begin<C: WriteConn>(conn: &mut C, state: &mut WriterState) -> StoreResult<()>
     Ok(())
 }
 
-fn run<C: WriteConn>(mut conn: C, mut state: WriterState, inbox: mpsc::Receiver<Job>) {
+fn run<C: WriteConn>(mut conn: C, mut state: WriterState, inbox: mpsc::Receiver<Queued>) {
     while let Ok(first) = inbox.recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
@@ -230,11 +265,12 @@ fn run<C: WriteConn>(mut conn: C, mut state: WriterState, inbox: mpsc::Receiver<
                 Err(_) => break,
             }
         }
-        if let Err(error) = begin(&mut conn, &mut state) {
+        let sync = batch.iter().any(|queued| queued.sync);
+        if let Err(error) = begin(&mut conn, &mut state, sync) {
             tracing::error!(%error, "store writer cannot begin a transaction");
-            for job in batch {
+            for queued in batch {
                 // The job does not run; its caller gets the error.
-                job(&mut conn, &mut state, Run::Not).0(Err(&error));
+                (queued.job)(&mut conn, &mut state, Run::Not).0(Err(&error));
             }
             continue;
         }
@@ -247,8 +283,8 @@ fn run<C: WriteConn>(mut conn: C, mut state: WriterState, inbox: mpsc::Receiver<
         let mut failed_alone = false;
         let finishes: Vec<Finish> = batch
             .into_iter()
-            .map(|job| {
-                let (finish, failed) = job(&mut conn, &mut state, run);
+            .map(|queued| {
+                let (finish, failed) = (queued.job)(&mut conn, &mut state, run);
                 failed_alone = failed && run == Run::Alone;
                 finish
             })

@@ -87,6 +87,7 @@ pub fn open(path: &Path) -> StoreResult<SqliteStore> {
     let writer = SqliteConn {
         conn,
         checkpoints: Some(checkpoints),
+        synchronous_full: true,
     };
     Ok(SqlStore::new(writer, readers, None)?
         .with_after_reseal(Box::new(move || checkpoint(&checkpoint_path))))
@@ -132,6 +133,8 @@ pub struct SqliteConn {
     conn: Connection,
     /// The writer's: tells the checkpoint thread that the WAL grew.
     checkpoints: Option<SyncSender<()>>,
+    /// Whether commits wait for the disk (`PRAGMA synchronous = FULL`, as opened).
+    synchronous_full: bool,
 }
 
 /// A statement argument bound to an SQLite parameter.
@@ -208,7 +211,15 @@ impl Db for SqliteConn {
 }
 
 impl WriteConn for SqliteConn {
-    fn begin(&mut self) -> StoreResult<()> {
+    fn begin(&mut self, sync: bool) -> StoreResult<()> {
+        // A lazy batch commits to the WAL without an fsync (`NORMAL`): it survives a
+        // crash of the process, and only a power failure can lose it. The level cannot
+        // change inside a transaction, so it is set here.
+        if self.synchronous_full != sync {
+            let level = if sync { "FULL" } else { "NORMAL" };
+            self.control(&format!("PRAGMA synchronous = {level}"))?;
+            self.synchronous_full = sync;
+        }
         self.control("BEGIN IMMEDIATE")
     }
 
@@ -241,6 +252,7 @@ impl r2d2::ManageConnection for ReadConnections {
         self.0.connect().map(|conn| SqliteConn {
             conn,
             checkpoints: None,
+            synchronous_full: true,
         })
     }
 
@@ -250,5 +262,83 @@ impl r2d2::ManageConnection for ReadConnections {
 
     fn has_broken(&self, conn: &mut SqliteConn) -> bool {
         self.0.has_broken(&mut conn.conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer_on(path: &Path) -> SqliteConn {
+        let conn = Connection::open(path).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .expect("pragmas");
+        SqliteConn {
+            conn,
+            checkpoints: None,
+            synchronous_full: true,
+        }
+    }
+
+    fn level(conn: &SqliteConn) -> i64 {
+        conn.conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("PRAGMA synchronous")
+    }
+
+    /// A lazy batch commits with `NORMAL` (no fsync); the next durable one is back to
+    /// `FULL` before it begins.
+    #[test]
+    fn lazy_batches_skip_the_fsync_and_durable_ones_do_not() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut conn = writer_on(&dir.path().join("t.db"));
+        const NORMAL: i64 = 1;
+        const FULL: i64 = 2;
+        for (sync, expected) in [
+            (false, NORMAL),
+            (false, NORMAL),
+            (true, FULL),
+            (false, NORMAL),
+        ] {
+            conn.begin(sync).expect("begin");
+            assert_eq!(level(&conn), expected, "a batch with sync = {sync}");
+            conn.commit().expect("commit");
+        }
+    }
+
+    /// The writer never checkpoints; the checkpoint thread empties the WAL into the
+    /// database after commits.
+    #[test]
+    fn the_checkpoint_thread_copies_the_wal_after_commits() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("t.db");
+        let mut conn = writer_on(&path);
+        conn.conn
+            .execute_batch("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (x TEXT);")
+            .expect("table");
+        conn.checkpoints = Some(spawn_checkpointer(&path).expect("checkpointer"));
+        for _ in 0..50 {
+            conn.begin(true).expect("begin");
+            conn.execute(
+                "INSERT INTO t (x) VALUES (?1)",
+                &[Value::from("x".repeat(4000))],
+            )
+            .expect("insert");
+            conn.commit().expect("commit");
+        }
+        // In WAL mode the database file grows only when a checkpoint copies pages in.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let size = std::fs::metadata(&path).expect("database file").len();
+            if size > 50 * 4000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint copied the WAL into {} ({size} bytes)",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
