@@ -37,6 +37,9 @@ pub trait WriteConn: Db + Send + 'static {
     fn notify_ready(&mut self) -> StoreResult<()> {
         Ok(())
     }
+    /// Called after a batch's callers were answered: housekeeping that should hold up
+    /// the next batch rather than this one's callers.
+    fn after_batch(&mut self) {}
 }
 
 /// A counter kept in the writer and persisted in `meta` with each batch that used it,
@@ -321,6 +324,7 @@ fn run<C: WriteConn>(mut conn: C, mut state: WriterState, inbox: mpsc::Receiver<
         for finish in finishes {
             finish(commit.as_ref().map(|_| ()));
         }
+        conn.after_batch();
     }
     tracing::debug!("store writer stopped");
 }

@@ -18,8 +18,7 @@ use r2d2_sqlite::rusqlite::types::{ToSqlOutput, ValueRef};
 use r2d2_sqlite::rusqlite::{self, Connection, OpenFlags, ToSql};
 use r2d2_sqlite::SqliteConnectionManager;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use qtask_store_sql::MasterKey;
@@ -32,9 +31,9 @@ const READERS: u32 = 4;
 /// read B-tree pages with a system call each; these bound the cache, so memory still
 /// does not grow with the store beyond them.
 const WRITER_CACHE: &str = "PRAGMA cache_size = -65536"; // 64 MiB
-const READER_CACHE: &str = "PRAGMA cache_size = -16384"; // 16 MiB each
-/// The least time between two WAL checkpoints.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+const READER_CACHE: &str = "PRAGMA cache_size = -8192"; // 8 MiB each
+/// How often the writer copies the WAL into the database (when it wrote since).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The store on an SQLite database file.
 pub type SqliteStore = SqlStore<ReadConnections>;
@@ -62,15 +61,13 @@ pub fn open(path: &Path) -> StoreResult<SqliteStore> {
         )));
     }
     migrations::migrate(&mut conn).map_err(backend)?;
-    // The writer does not checkpoint: SQLite's automatic checkpoint ran inside a
-    // commit, making every caller of that group wait for it. A thread of its own does
-    // it beside the writer (WAL lets both run at once). Savepoint journals stay in
-    // memory.
+    // No automatic checkpoint: SQLite's ran inside a commit, making every caller of
+    // that group wait for it; the writer checkpoints after answering them instead (see
+    // `after_batch`). Savepoint journals stay in memory.
     conn.execute_batch(&format!(
         "{WRITER_CACHE}; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;"
     ))
     .map_err(backend)?;
-    let checkpoints = spawn_checkpointer(path)?;
 
     let manager = SqliteConnectionManager::file(path)
         .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
@@ -84,11 +81,7 @@ pub fn open(path: &Path) -> StoreResult<SqliteStore> {
         .build(ReadConnections(manager))
         .map_err(|e| StoreError::Backend(format!("cannot open read connections: {e}")))?;
     let checkpoint_path = path.to_owned();
-    let writer = SqliteConn {
-        conn,
-        checkpoints: Some(checkpoints),
-        synchronous_full: true,
-    };
+    let writer = SqliteConn::writer(conn);
     Ok(SqlStore::new(writer, readers, None)?
         .with_after_reseal(Box::new(move || checkpoint(&checkpoint_path))))
 }
@@ -102,28 +95,6 @@ fn checkpoint(path: &Path) -> StoreResult<()> {
         .map_err(backend)
 }
 
-/// Starts the thread that checkpoints the WAL after commits (at most every
-/// [`CHECKPOINT_INTERVAL`]); it stops when the writer drops the returned sender.
-fn spawn_checkpointer(path: &Path) -> StoreResult<SyncSender<()>> {
-    let conn = Connection::open(path).map_err(backend)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
-    let (commits, committed) = sync_channel::<()>(1);
-    std::thread::Builder::new()
-        .name("qtask-store-checkpoint".into())
-        .spawn(move || {
-            while committed.recv().is_ok() {
-                // PASSIVE: copies what no reader still needs, never blocks the writer.
-                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                {
-                    tracing::warn!(%error, "WAL checkpoint failed; retrying after the next commit");
-                }
-                std::thread::sleep(CHECKPOINT_INTERVAL);
-            }
-        })
-        .map_err(|e| StoreError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
-    Ok(commits)
-}
-
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -131,10 +102,27 @@ fn backend(e: rusqlite::Error) -> StoreError {
 /// An SQLite connection as the store logic sees it.
 pub struct SqliteConn {
     conn: Connection,
-    /// The writer's: tells the checkpoint thread that the WAL grew.
-    checkpoints: Option<SyncSender<()>>,
     /// Whether commits wait for the disk (`PRAGMA synchronous = FULL`, as opened).
     synchronous_full: bool,
+    /// The writer's: when it last copied the WAL into the database, and whether it
+    /// committed since.
+    last_checkpoint: Instant,
+    wrote_since_checkpoint: bool,
+}
+
+impl SqliteConn {
+    fn new(conn: Connection) -> Self {
+        Self {
+            conn,
+            synchronous_full: true,
+            last_checkpoint: Instant::now(),
+            wrote_since_checkpoint: false,
+        }
+    }
+
+    fn writer(conn: Connection) -> Self {
+        Self::new(conn)
+    }
 }
 
 /// A statement argument bound to an SQLite parameter.
@@ -225,11 +213,27 @@ impl WriteConn for SqliteConn {
 
     fn commit(&mut self) -> StoreResult<()> {
         self.control("COMMIT")?;
-        if let Some(checkpoints) = &self.checkpoints {
-            // Full means a checkpoint is already due.
-            let _ = checkpoints.try_send(());
-        }
+        self.wrote_since_checkpoint = true;
         Ok(())
+    }
+
+    /// Copies the WAL into the database at most every [`CHECKPOINT_INTERVAL`], once the
+    /// batch's callers have their answers. Here, between batches, the copy can finish
+    /// before the next write, so that write starts the WAL over from its beginning (a
+    /// checkpoint beside a busy writer never catches up, and the WAL grew without end).
+    fn after_batch(&mut self) {
+        if !self.wrote_since_checkpoint || self.last_checkpoint.elapsed() < CHECKPOINT_INTERVAL {
+            return;
+        }
+        // PASSIVE: copies what no reader still needs; never waits for readers.
+        if let Err(error) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!(%error, "WAL checkpoint failed; retrying after the next batch");
+        }
+        self.last_checkpoint = Instant::now();
+        self.wrote_since_checkpoint = false;
     }
 
     fn rollback(&mut self) {
@@ -249,11 +253,7 @@ impl r2d2::ManageConnection for ReadConnections {
     type Error = rusqlite::Error;
 
     fn connect(&self) -> Result<SqliteConn, rusqlite::Error> {
-        self.0.connect().map(|conn| SqliteConn {
-            conn,
-            checkpoints: None,
-            synchronous_full: true,
-        })
+        self.0.connect().map(SqliteConn::new)
     }
 
     fn is_valid(&self, conn: &mut SqliteConn) -> Result<(), rusqlite::Error> {
@@ -273,11 +273,7 @@ mod tests {
         let conn = Connection::open(path).expect("open");
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
             .expect("pragmas");
-        SqliteConn {
-            conn,
-            checkpoints: None,
-            synchronous_full: true,
-        }
+        SqliteConn::writer(conn)
     }
 
     fn level(conn: &SqliteConn) -> i64 {
@@ -306,39 +302,35 @@ mod tests {
         }
     }
 
-    /// The writer never checkpoints; the checkpoint thread empties the WAL into the
-    /// database after commits.
+    /// The writer checkpoints between batches, so the WAL starts over instead of growing
+    /// with every commit.
     #[test]
-    fn the_checkpoint_thread_copies_the_wal_after_commits() {
+    fn the_writer_keeps_the_wal_short() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("t.db");
         let mut conn = writer_on(&path);
         conn.conn
             .execute_batch("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (x TEXT);")
             .expect("table");
-        conn.checkpoints = Some(spawn_checkpointer(&path).expect("checkpointer"));
-        for _ in 0..50 {
-            conn.begin(true).expect("begin");
-            conn.execute(
-                "INSERT INTO t (x) VALUES (?1)",
-                &[Value::from("x".repeat(4000))],
-            )
-            .expect("insert");
+        let started = Instant::now();
+        let mut written = 0;
+        while started.elapsed() < CHECKPOINT_INTERVAL * 10 {
+            conn.begin(false).expect("begin");
+            let row = "x".repeat(4000);
+            conn.execute("INSERT INTO t (x) VALUES (?1)", &[Value::from(row)])
+                .expect("insert");
             conn.commit().expect("commit");
+            conn.after_batch();
+            written += 4000;
+            std::thread::sleep(Duration::from_millis(2));
         }
-        // In WAL mode the database file grows only when a checkpoint copies pages in.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let size = std::fs::metadata(&path).expect("database file").len();
-            if size > 50 * 4000 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no checkpoint copied the WAL into {} ({size} bytes)",
-                path.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let wal = std::fs::metadata(dir.path().join("t.db-wal"))
+            .expect("the WAL")
+            .len();
+        let database = std::fs::metadata(&path).expect("the database").len();
+        assert!(
+            wal < written / 2 && database > written / 2,
+            "{written} bytes written: WAL {wal} bytes, database {database} bytes"
+        );
     }
 }
