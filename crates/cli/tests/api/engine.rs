@@ -522,3 +522,69 @@ async fn sigterm_drains_with_6200_then_the_next_start_takes_the_released_task_at
         "{done}"
     );
 }
+
+/// Two nodes on one PostgreSQL schema: a clientToken used on one node answers the first
+/// answer on the other (and refuses other parameters there), and a resource's tasks keep
+/// their order whichever node accepted them — a rename sent to B waits behind the stop
+/// that A accepted, then runs. Needs `QTASK_TEST_DATABASE_URL` (scripts/test sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_client_tokens_and_resource_order_hold_across_nodes() {
+    // StopInstances takes 2 s at speed 0.25.
+    let cluster = tokio::task::block_in_place(|| {
+        crate::helpers::Cluster::start(2, &["--sim-speed", "0.25", "--workers", "2"])
+    });
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+
+    let run = [("instanceName", "tokened"), ("clientToken", "tok-nodes")];
+    let first = a.call("RunInstances", &run).await;
+    assert_eq!(first["code"], 0, "{first}");
+    let again = b.call("RunInstances", &run).await;
+    assert_eq!(again.to_string(), first.to_string(), "B answers A's answer");
+    let other = b
+        .call(
+            "RunInstances",
+            &[("instanceName", "other"), ("clientToken", "tok-nodes")],
+        )
+        .await;
+    assert_eq!(other["code"], 4000, "{other}");
+    assert!(
+        text(&other["message"]).contains("different action or parameters"),
+        "{other}"
+    );
+    let created = a.wait_final(text(&first["requestId"])).await;
+    assert_eq!(created["state"], "SUCCESS", "{created}");
+    let listed = a.call("DescribeInstances", &[]).await;
+    assert_eq!(listed["totalCount"], 1, "one instance in all: {listed}");
+    let id = text(&listed["instanceSet"][0]["instanceId"]).to_owned();
+
+    let stop = chain(a, "StopInstances", &[&id], &[]).await;
+    let stop_task = detail_task(&stop, &id);
+    let rename = b
+        .call(
+            "ModifyInstanceAttributes",
+            &[("instanceId", &id), ("instanceName", "renamed")],
+        )
+        .await;
+    assert_eq!(rename["code"], 0, "queued on B, not refused: {rename}");
+    let rename_task = text(&rename["requestId"]).to_owned();
+    let waiting = task_data(b, &rename_task).await;
+    assert_eq!(waiting["state"], "QUEUED", "{waiting}");
+    assert_eq!(waiting["blockedBy"], stop_task.as_str(), "{waiting}");
+
+    let stopped = b.wait_final(&stop_task).await;
+    let renamed = a.wait_final(&rename_task).await;
+    assert_eq!(
+        (&stopped["state"], &renamed["state"]),
+        (&"SUCCESS".into(), &"SUCCESS".into())
+    );
+    assert!(
+        text(&renamed["startTime"]) >= text(&stopped["endTime"]),
+        "the rename started after the stop ended: {stopped} {renamed}"
+    );
+    let instance = b.instance(&id).await;
+    assert_eq!(
+        (&instance["statusName"], &instance["instanceName"]),
+        (&"STOPPED".into(), &"renamed".into()),
+        "{instance}"
+    );
+}

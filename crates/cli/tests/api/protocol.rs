@@ -1338,3 +1338,60 @@ async fn oversized_requests_are_refused_with_4000_naming_the_limit() {
         "{answer}"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Several nodes: nonces are the cluster's, not a node's
+
+/// Two nodes on one PostgreSQL schema, addressed by one host name (as behind a load
+/// balancer): a signed request resent unchanged to the other node gets the first answer
+/// byte for byte and creates nothing more; its nonce used there for another request is a
+/// replay. Needs `QTASK_TEST_DATABASE_URL` (scripts/test sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_nonce_is_spent_on_every_node() {
+    let cluster = tokio::task::block_in_place(|| {
+        crate::helpers::Cluster::start(2, &["--sim-speed", "0", "--workers", "1"])
+    });
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let client = a.client();
+    // Every request is signed for A's host; B is reached with that Host header.
+    let via = |node: &TestApp, params: Params| {
+        let url = api_url(node, &signed(&client, params).encode());
+        let host = a.http.to_string();
+        async move {
+            let response = raw_http()
+                .get(&url)
+                .header(reqwest::header::HOST, host)
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(response.status(), 200);
+            response.bytes().await.expect("a body")
+        }
+    };
+    let nonce = fresh_nonce().to_string();
+    let run = request(
+        a,
+        "RunInstances",
+        &[("instanceName", "once"), ("Nonce", &nonce)],
+    );
+    let first = via(a, run.clone()).await;
+    let first_json: Value = serde_json::from_slice(&first).expect("JSON");
+    assert_ok(&first_json, "the first use, on A");
+    assert_eq!(
+        via(b, run).await,
+        first,
+        "the resend to B: A's answer, byte for byte"
+    );
+
+    let other = request(a, "DescribeInstances", &[("Nonce", &nonce)]);
+    let answer: Value = serde_json::from_slice(&via(b, other).await).expect("JSON");
+    assert_refused(
+        &answer,
+        4500,
+        "NonceReplayed",
+        &["the Nonce was already used by this SecretId for another request"],
+        "the nonce used on B for another request",
+    );
+    let listed = b.call("DescribeInstances", &[]).await;
+    assert_eq!(count(&listed), 1, "the resend created nothing: {listed}");
+}
