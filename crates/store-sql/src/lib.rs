@@ -23,6 +23,16 @@ use writer::{WriteConn, WriteMode, WriterHandle};
 
 pub use sealing::MasterKey;
 
+/// Queries that run again and again whatever the store's size (rescue, the sweep for
+/// runnable tasks, queue health) or at every start: each must find its rows through an
+/// index, never by walking every task or resource. Backends' tests check their plans.
+pub const RECURRING_QUERIES: &[&str] = &[
+    writes::RESCUE_SQL,
+    writes::REQUEUE_RUNNING_SQL,
+    writes::READY_SQL,
+    reads::QUEUE_SUMMARY_SQL,
+];
+
 /// What a database shared by several qtask nodes adds: one node at a time runs the
 /// background maintenance, and nodes hear of tasks other nodes made runnable.
 pub trait Cluster: Send + Sync + 'static {

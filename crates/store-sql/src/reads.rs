@@ -128,20 +128,20 @@ pub fn stats(db: &mut dyn Db) -> StoreResult<StoreStats> {
     })
 }
 
+/// The repeated state test lets SQLite use the small partial index of unfinished tasks;
+/// the resource's `active_task` says whether the task heads its queue.
+pub const QUEUE_SUMMARY_SQL: &str = "SELECT COUNT(*),
+       MIN(CASE WHEN t.created_at > t.not_before THEN t.created_at ELSE t.not_before END)
+     FROM tasks t JOIN resources r ON r.id = t.resource_id AND r.active_task = t.id
+     WHERE t.state IN ('QUEUED', 'RUNNING') AND t.state = 'QUEUED' AND t.not_before <= ?1";
+
 pub fn queue_summary(db: &mut dyn Db, now: UnixMillis) -> StoreResult<QueueSummary> {
-    // The repeated state test lets SQLite use the small partial index of unfinished
-    // tasks; the resource's `active_task` says whether the task heads its queue.
-    db.query_one(
-"SELECT COUNT(*), MIN(CASE WHEN t.created_at > t.not_before THEN t.created_at ELSE t.not_before END)
-         FROM tasks t JOIN resources r ON r.id = t.resource_id AND r.active_task = t.id
-         WHERE t.state IN ('QUEUED', 'RUNNING') AND t.state = 'QUEUED' AND t.not_before <= ?1",
-args![now],
-|r| {
-            Ok(QueueSummary {
-                ready: r.get::<i64>(0)? as u64,
-                oldest_ready_since: r.get(1)?,
-            })
+    db.query_one(QUEUE_SUMMARY_SQL, args![now], |r| {
+        Ok(QueueSummary {
+            ready: r.get::<i64>(0)? as u64,
+            oldest_ready_since: r.get(1)?,
         })
+    })
 }
 
 pub fn api_key(db: &mut dyn Db, secret_id: &SecretId) -> StoreResult<Option<ApiKey>> {

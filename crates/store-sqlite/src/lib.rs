@@ -27,11 +27,14 @@ pub use qtask_store_sql::MasterKey;
 /// beside a running server) before it reports the database as busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: u32 = 4;
-/// SQLite's page caches (negative: KiB). The default 2 MB made a large store's inserts
-/// read B-tree pages with a system call each; these bound the cache, so memory still
-/// does not grow with the store beyond them.
-const WRITER_CACHE: &str = "PRAGMA cache_size = -65536"; // 64 MiB
-const READER_CACHE: &str = "PRAGMA cache_size = -8192"; // 8 MiB each
+/// The writer's page cache (negative: KiB). Readers keep SQLite's default (2 MB): in WAL
+/// mode a reader drops its whole cache whenever a write committed since its last read,
+/// so a larger one only costs memory. The cache bounds memory whatever the store's size.
+const WRITER_CACHE: &str = "PRAGMA cache_size = -16384"; // 16 MiB
+/// Prepared statements kept per connection. rusqlite's default (16) is fewer than the
+/// writer's statements of one submission, claim and completion, and the transaction
+/// control statements: with it, the writer parsed most statements again every time.
+const STATEMENT_CACHE: usize = 256;
 /// How often the writer copies the WAL into the database (when it wrote since).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -42,6 +45,7 @@ pub type SqliteStore = SqlStore<ReadConnections>;
 pub fn open(path: &Path) -> StoreResult<SqliteStore> {
     let mut conn = Connection::open(path).map_err(backend)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // secure_delete: a key sealed at start leaves no plain copy in freed space.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
@@ -73,7 +77,8 @@ pub fn open(path: &Path) -> StoreResult<SqliteStore> {
         .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .with_init(|c| {
             c.busy_timeout(BUSY_TIMEOUT)?;
-            c.execute_batch(&format!("PRAGMA query_only = ON; {READER_CACHE};"))
+            c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            c.execute_batch("PRAGMA query_only = ON;")
         });
     let readers = r2d2::Pool::builder()
         .max_size(READERS)
@@ -268,6 +273,35 @@ impl r2d2::ManageConnection for ReadConnections {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every recurring query finds its rows through an index: a plan step that walks a
+    /// whole table ("SCAN tasks", "SCAN r") costs seconds on a store of 10M tasks, and
+    /// these run every few seconds (as rescue's did, until its `ORDER BY` was dropped).
+    #[test]
+    fn recurring_queries_never_walk_a_whole_table() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("qtask.db");
+        drop(open(&path).expect("the store opens"));
+        let conn = Connection::open(&path).expect("open");
+        for sql in qtask_store_sql::RECURRING_QUERIES {
+            let mut plan = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("EXPLAIN QUERY PLAN");
+            let unbound = std::iter::repeat_n(rusqlite::types::Null, plan.parameter_count());
+            let steps: Vec<String> = plan
+                .query_map(rusqlite::params_from_iter(unbound), |row| {
+                    row.get::<_, String>(3)
+                })
+                .expect("the plan")
+                .map(|step| step.expect("a plan step"))
+                .collect();
+            let walks = steps
+                .iter()
+                .filter(|step| step.starts_with("SCAN ") && !step.contains(" USING "))
+                .count();
+            assert_eq!(walks, 0, "{sql}\nwalks a whole table: {steps:?}");
+        }
+    }
 
     fn writer_on(path: &Path) -> SqliteConn {
         let conn = Connection::open(path).expect("open");
