@@ -25,7 +25,8 @@ pub use sealing::MasterKey;
 
 /// Queries that run again and again whatever the store's size (rescue, the sweep for
 /// runnable tasks, queue health) or at every start: each must find its rows through an
-/// index, never by walking every task or resource. Backends' tests check their plans.
+/// index, never by walking every task or resource (a test of the SQLite backend checks
+/// their plans).
 pub const RECURRING_QUERIES: &[&str] = &[
     writes::RESCUE_SQL,
     writes::REQUEUE_RUNNING_SQL,

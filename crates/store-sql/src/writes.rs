@@ -718,14 +718,14 @@ pub fn rescue(db: &mut dyn Db, now: UnixMillis, keep: &[RequestId]) -> StoreResu
     Ok(runnable)
 }
 
-/// Puts RUNNING tasks back to QUEUED at start-up: all of them on a store this process
-/// holds alone, or those leased by `owner` (a restarted node) — nothing else can still
-/// be running them.
 /// The repeated state test lets SQLite use the small partial index of unfinished tasks.
 pub const REQUEUE_RUNNING_SQL: &str =
     "SELECT id FROM tasks WHERE state IN ('QUEUED', 'RUNNING') AND state = 'RUNNING'
        AND (CAST(?1 AS TEXT) IS NULL OR lease_owner = ?1) ORDER BY id";
 
+/// Puts RUNNING tasks back to QUEUED at start-up: all of them on a store this process
+/// holds alone, or those leased by `owner` (a restarted node) — nothing else can still
+/// be running them.
 pub fn requeue_running(db: &mut dyn Db, now: UnixMillis, owner: Option<&str>) -> StoreResult<()> {
     let running = ids_of(db, REQUEUE_RUNNING_SQL, args![owner])?;
     if !running.is_empty() {
