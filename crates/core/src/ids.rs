@@ -155,14 +155,21 @@ impl ResourceId {
         Ok(Self(s.to_owned()))
     }
 
-    /// Builds an ID from a prefix and eight random values: each picks one of the 36
-    /// allowed characters, so the caller chooses the randomness source.
-    pub fn compose(prefix: &'static str, random: [u8; RESOURCE_SUFFIX_LEN]) -> Self {
-        const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    /// Builds an ID whose suffix is `value` in base 36 (digits, then letters, most
+    /// significant first), so IDs sort as their values do. `value` is taken modulo
+    /// 36^8, the number of suffixes.
+    pub fn ordered(prefix: &'static str, value: u64) -> Self {
+        const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut suffix = [0u8; RESOURCE_SUFFIX_LEN];
+        let mut rest = value;
+        for digit in suffix.iter_mut().rev() {
+            *digit = DIGITS[(rest % 36) as usize];
+            rest /= 36;
+        }
         let mut id = String::with_capacity(prefix.len() + 1 + RESOURCE_SUFFIX_LEN);
         id.push_str(prefix);
         id.push('-');
-        id.extend(random.iter().map(|r| ALPHABET[*r as usize % 36] as char));
+        id.extend(suffix.iter().map(|d| *d as char));
         Self(id)
     }
 
@@ -227,9 +234,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn composed_ids_parse(random in any::<[u8; 8]>()) {
-            let id = ResourceId::compose("ins", random);
-            prop_assert_eq!(ResourceId::parse("ins", id.as_str()).unwrap(), id);
+        fn ordered_ids_parse_and_sort_as_their_values(a in 0..36u64.pow(8), b in 0..36u64.pow(8)) {
+            let (x, y) = (ResourceId::ordered("ins", a), ResourceId::ordered("ins", b));
+            prop_assert_eq!(ResourceId::parse("ins", x.as_str()).unwrap(), x.clone());
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
         }
 
         #[test]

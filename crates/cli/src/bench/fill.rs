@@ -6,7 +6,7 @@
 
 use crate::{keys, serve};
 use anyhow::Context;
-use qtask_engine::catalog::random_id;
+use qtask_engine::catalog::new_resource_id;
 use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use std::path::PathBuf;
@@ -286,9 +286,9 @@ impl Plan {
             "wanIp": format!("43.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255),
         })
         .to_string();
-        // Random IDs as qtask draws them; draw again on the rare collision.
+        // IDs as qtask draws them; draw again on the rare collision.
         let id = loop {
-            let id = random_id("ins");
+            let id = new_resource_id("ins");
             let inserted = tx
                 .prepare_cached(
                     "INSERT INTO resources (id, account_id, kind, region, state, attrs, created_at, active_task, last_task, updated_at)
