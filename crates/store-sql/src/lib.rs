@@ -8,6 +8,7 @@
 //! against.
 
 mod audit;
+mod nonces;
 mod reads;
 mod sealing;
 pub mod sql;
@@ -239,7 +240,7 @@ where
             lazy: true,
         };
         self.writer
-            .write_with(mode, move |db, _| writes::record_nonce(db, &claim))
+            .write_with(mode, move |db, s| writes::record_nonce(db, s, &claim))
             .await
     }
 
@@ -354,7 +355,7 @@ where
 
     async fn purge(&self, retention: Retention) -> StoreResult<PurgeReport> {
         self.writer
-            .write(move |db, _| writes::purge(db, &retention))
+            .write(move |db, s| writes::purge(db, s, &retention))
             .await
     }
 

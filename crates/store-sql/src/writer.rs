@@ -10,6 +10,7 @@
 //! task at a time per resource, fencing) holds across nodes without per-row locking.
 
 use crate::args;
+use crate::nonces::NonceIndex;
 use crate::sql::{Db, Row};
 use qtask_store::{StoreError, StoreResult};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -89,15 +90,29 @@ pub struct WriterState {
     fences: Counter,
     /// Set by a job that made tasks runnable: a shared database tells the other nodes.
     pub(crate) woke_tasks: bool,
+    /// The stored nonces, on a database no other process writes (see `nonces`).
+    pub(crate) nonces: Option<NonceIndex>,
 }
 
 impl WriterState {
-    fn load(db: &mut dyn Db) -> StoreResult<Self> {
+    fn load(db: &mut dyn Db, shared: bool) -> StoreResult<Self> {
         Ok(Self {
             ids: Counter::load(db, "next_id")?,
             fences: Counter::load(db, "next_fence")?,
             woke_tasks: false,
+            nonces: if shared {
+                None
+            } else {
+                Some(NonceIndex::load(db)?)
+            },
         })
+    }
+
+    /// Reads the counters again: other nodes may have moved them.
+    fn reload_counters(&mut self, db: &mut dyn Db) -> StoreResult<()> {
+        self.ids = Counter::load(db, "next_id")?;
+        self.fences = Counter::load(db, "next_fence")?;
+        Ok(())
     }
 
     pub fn allocate_id(&mut self) -> u64 {
@@ -116,6 +131,27 @@ impl WriterState {
     fn committed(&mut self) {
         self.ids.persisted = self.ids.next;
         self.fences.persisted = self.fences.next;
+        if let Some(nonces) = &mut self.nonces {
+            nonces.committed();
+        }
+    }
+
+    fn rolled_back(&mut self) {
+        if let Some(nonces) = &mut self.nonces {
+            nonces.rolled_back();
+        }
+    }
+
+    /// Where a job starts, to undo what it told the state if it fails.
+    fn mark(&self) -> usize {
+        self.nonces.as_ref().map_or(0, NonceIndex::mark)
+    }
+
+    /// The job that started at `mark` failed and its changes were undone.
+    fn job_failed(&mut self, mark: usize) {
+        if let Some(nonces) = &mut self.nonces {
+            nonces.keep_deleted(mark);
+        }
     }
 }
 
@@ -162,7 +198,8 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Starts the writer thread on `conn`.
     pub fn spawn<C: WriteConn>(mut conn: C) -> StoreResult<Self> {
-        let state = WriterState::load(&mut conn)?;
+        let shared = conn.shared();
+        let state = WriterState::load(&mut conn, shared)?;
         let (jobs, inbox) = mpsc::channel::<Queued>();
         std::thread::Builder::new()
             .name("qtask-store-writer".into())
@@ -247,12 +284,9 @@ fn in_savepoint<T>(
 fn begin<C: WriteConn>(conn: &mut C, state: &mut WriterState, sync: bool) -> StoreResult<()> {
     conn.begin(sync)?;
     if conn.shared() {
-        match WriterState::load(conn) {
-            Ok(fresh) => *state = fresh,
-            Err(e) => {
-                conn.rollback();
-                return Err(e);
-            }
+        if let Err(e) = state.reload_counters(conn) {
+            conn.rollback();
+            return Err(e);
         }
     }
     Ok(())
@@ -287,7 +321,11 @@ fn run<C: WriteConn>(mut conn: C, mut state: WriterState, inbox: mpsc::Receiver<
         let finishes: Vec<Finish> = batch
             .into_iter()
             .map(|queued| {
+                let mark = state.mark();
                 let (finish, failed) = (queued.job)(&mut conn, &mut state, run);
+                if failed {
+                    state.job_failed(mark);
+                }
                 failed_alone = failed && run == Run::Alone;
                 finish
             })
@@ -297,6 +335,7 @@ fn run<C: WriteConn>(mut conn: C, mut state: WriterState, inbox: mpsc::Receiver<
             // its caller gets the job's own error. (Allocated IDs are not reused: gaps
             // are harmless.)
             conn.rollback();
+            state.rolled_back();
             for finish in finishes {
                 finish(Ok(()));
             }
@@ -319,6 +358,7 @@ fn run<C: WriteConn>(mut conn: C, mut state: WriterState, inbox: mpsc::Receiver<
                 // The counters keep counting from what was allocated: gaps are
                 // harmless, reuse is not.
                 conn.rollback();
+                state.rolled_back();
             }
         }
         for finish in finishes {

@@ -1,6 +1,7 @@
 //! Write operations. Each runs inside the writer's transaction, in its own savepoint.
 
 use crate::args;
+use crate::nonces::{self, Claimed};
 use crate::reads::{stored_id, task_from_row, TASK_COLUMNS};
 use crate::sql::{Db, Row};
 use crate::writer::WriterState;
@@ -11,51 +12,24 @@ use qtask_core::{
 use qtask_store::*;
 use serde_json::{json, Map, Value};
 
-pub fn record_nonce(db: &mut dyn Db, claim: &NonceClaim) -> StoreResult<NonceOutcome> {
-    match insert_nonce(db, claim)? {
-        None => Ok(NonceOutcome::Fresh),
-        Some(answer) => Ok(NonceOutcome::Resent { answer }),
-    }
-}
-
-/// Inserts the nonce. `None` when it is new; `Some(answer)` when the very same request
-/// (same signature) was seen before; an error when another request used it.
-fn insert_nonce(db: &mut dyn Db, claim: &NonceClaim) -> StoreResult<Option<Option<String>>> {
-    let inserted = db.execute(
-        "INSERT INTO nonces (secret_id, nonce, expires_at, signature) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT DO NOTHING",
-        args![
-            claim.secret_id.as_str(),
-            claim.nonce.get() as i64,
-            claim.expires_at,
-            claim.signature
-        ],
-    )?;
-    if inserted == 1 {
-        return Ok(None);
-    }
-    let (signature, answer): (String, Option<String>) = db.query_one(
-        "SELECT signature, answer FROM nonces WHERE secret_id = ?1 AND nonce = ?2",
-        args![claim.secret_id.as_str(), claim.nonce.get() as i64],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if signature == claim.signature {
-        Ok(Some(answer))
-    } else {
-        Err(StoreError::NonceReused {
-            secret_id: claim.secret_id.clone(),
-            nonce: claim.nonce.get(),
-        })
-    }
+pub fn record_nonce(
+    db: &mut dyn Db,
+    state: &mut WriterState,
+    claim: &NonceClaim,
+) -> StoreResult<NonceOutcome> {
+    Ok(match nonces::claim(db, state.nonces.as_mut(), claim)? {
+        Claimed::Fresh { .. } => NonceOutcome::Fresh,
+        Claimed::Resent { answer } => NonceOutcome::Resent { answer },
+    })
 }
 
 pub fn submit(
     db: &mut dyn Db,
-    ids: &mut WriterState,
+    state: &mut WriterState,
     mut submission: Submission,
 ) -> StoreResult<Submitted> {
     let audit = submission.audit.take();
-    let submitted = submit_tasks(db, ids, submission)?;
+    let submitted = submit_tasks(db, state, submission)?;
     if let Some(mut entry) = audit {
         // In the submission's transaction: no commit of its own.
         entry.complete_from_answer(submitted.answer());
@@ -66,7 +40,7 @@ pub fn submit(
 
 fn submit_tasks(
     db: &mut dyn Db,
-    ids: &mut WriterState,
+    state: &mut WriterState,
     submission: Submission,
 ) -> StoreResult<Submitted> {
     let Submission {
@@ -83,34 +57,37 @@ fn submit_tasks(
         audit: _,
     } = submission;
 
-    if let Some(resent) = insert_nonce(db, &nonce)? {
-        return match resent {
-            Some(answer) => Ok(Submitted::Repeated { answer }),
-            // The same signature on a request that stored no answer cannot be this
-            // mutating request: treat it as a reuse.
-            None => Err(StoreError::NonceReused {
+    let nonce_row = match nonces::claim(db, state.nonces.as_mut(), &nonce)? {
+        Claimed::Fresh { row } => row,
+        Claimed::Resent {
+            answer: Some(answer),
+        } => return Ok(Submitted::Repeated { answer }),
+        // The same signature on a request that stored no answer cannot be this
+        // mutating request: treat it as a reuse.
+        Claimed::Resent { answer: None } => {
+            return Err(StoreError::NonceReused {
                 secret_id: nonce.secret_id.clone(),
                 nonce: nonce.nonce.get(),
-            }),
-        };
-    }
+            })
+        }
+    };
     if let Some(key) = &idempotency {
         if let Some(first_answer) = earlier_answer(db, account, key)? {
-            store_answer(db, &nonce, &first_answer)?;
+            nonces::store_answer(db, nonce_row, &first_answer)?;
             return Ok(Submitted::Repeated {
                 answer: first_answer,
             });
         }
     }
 
-    let group = grouped.then(|| RequestId::new(ids.allocate_id()).expect("IDs start at 1"));
+    let group = grouped.then(|| RequestId::new(state.allocate_id()).expect("IDs start at 1"));
     let mut outcomes = Vec::with_capacity(tasks.len());
     let mut runnable = Vec::with_capacity(tasks.len());
     for planned in &tasks {
         let resource = planned.target.resource_id().clone();
         let outcome = plan_one(
             db,
-            ids,
+            state,
             account,
             region.as_str(),
             &action,
@@ -145,7 +122,7 @@ fn submit_tasks(
         )?;
     }
     let answer = answer(&report);
-    store_answer(db, &nonce, &answer)?;
+    nonces::store_answer(db, nonce_row, &answer)?;
     if let Some(key) = &idempotency {
         db.execute(
             "INSERT INTO client_tokens (account_id, token, fingerprint, answer, created_at)
@@ -180,14 +157,6 @@ fn earlier_answer(
             token: key.token.clone(),
         }),
     }
-}
-
-fn store_answer(db: &mut dyn Db, nonce: &NonceClaim, answer: &str) -> StoreResult<()> {
-    db.execute(
-        "UPDATE nonces SET answer = ?3 WHERE secret_id = ?1 AND nonce = ?2",
-        args![nonce.secret_id.as_str(), nonce.nonce.get() as i64, answer],
-    )?;
-    Ok(())
 }
 
 /// Plans one task: `Ok((task, true))` when it holds its resource and can run now,
@@ -831,7 +800,11 @@ pub fn cancel(
     Ok(Some(Cancellation { tasks, runnable }))
 }
 
-pub fn purge(db: &mut dyn Db, retention: &Retention) -> StoreResult<PurgeReport> {
+pub fn purge(
+    db: &mut dyn Db,
+    state: &mut WriterState,
+    retention: &Retention,
+) -> StoreResult<PurgeReport> {
     let batch = i64::from(retention.batch.max(1));
     let mut report = PurgeReport::default();
 
@@ -874,10 +847,11 @@ pub fn purge(db: &mut dyn Db, retention: &Retention) -> StoreResult<PurgeReport>
 args![account, purged])?;
     }
 
-    report.nonces = db.execute(
-        "DELETE FROM nonces WHERE (secret_id, nonce) IN
-             (SELECT secret_id, nonce FROM nonces WHERE expires_at < ?1 LIMIT ?2)",
-        args![retention.nonces_expired_before, batch],
+    report.nonces = nonces::purge(
+        db,
+        state.nonces.as_mut(),
+        retention.nonces_expired_before,
+        batch,
     )?;
     report.tokens = db.execute(
         "DELETE FROM client_tokens WHERE (account_id, token) IN

@@ -172,6 +172,24 @@ const MIGRATIONS: &[&str] = &[
             ON CONFLICT (state) DO UPDATE SET n = n + 1;
     END;
     "#,
+    // 6: nonces appended in arrival order, without an index on the nonce: the writer,
+    // the one process writing this database, keeps that index in memory (store-sql
+    // `nonces`).
+    r#"
+    CREATE TABLE nonces_in_order (
+        id INTEGER PRIMARY KEY,
+        secret_id TEXT NOT NULL,
+        nonce INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        signature TEXT NOT NULL,
+        answer TEXT
+    );
+    INSERT INTO nonces_in_order (secret_id, nonce, expires_at, signature, answer)
+        SELECT secret_id, nonce, expires_at, signature, answer FROM nonces ORDER BY expires_at;
+    DROP TABLE nonces;
+    ALTER TABLE nonces_in_order RENAME TO nonces;
+    CREATE INDEX nonces_by_expiry ON nonces (expires_at);
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -189,4 +207,57 @@ pub fn migrate(conn: &mut Connection) -> Result<u32> {
         tracing::info!(version, "applied store migration");
     }
     Ok(current.max(LATEST))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_6_keeps_every_nonce_in_expiry_order() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for (index, sql) in MIGRATIONS[..5].iter().enumerate() {
+            conn.execute_batch(sql).expect("an earlier migration");
+            conn.pragma_update(None, "user_version", index as i64 + 1)
+                .expect("user_version");
+        }
+        conn.execute_batch(
+            "INSERT INTO nonces (secret_id, nonce, expires_at, signature, answer) VALUES
+                 ('AKIDa', 9, 2000, 'sig-late', NULL),
+                 ('AKIDa', 3, 1000, 'sig-early', '{\"code\":0}');",
+        )
+        .expect("old nonces");
+        assert_eq!(migrate(&mut conn).expect("migrate"), LATEST);
+        let rows: Vec<(i64, String, i64, i64, String, Option<String>)> = conn
+            .prepare("SELECT id, secret_id, nonce, expires_at, signature, answer FROM nonces ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })
+            .expect("query")
+            .collect::<Result<_>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    1,
+                    "AKIDa".into(),
+                    3,
+                    1000,
+                    "sig-early".into(),
+                    Some("{\"code\":0}".into())
+                ),
+                (2, "AKIDa".into(), 9, 2000, "sig-late".into(), None),
+            ]
+        );
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM nonces WHERE expires_at < 1500",
+                [],
+                |r| r.get(3),
+            )
+            .expect("plan");
+        assert!(plan.contains("nonces_by_expiry"), "{plan}");
+    }
 }

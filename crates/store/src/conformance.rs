@@ -1411,6 +1411,41 @@ pub async fn record_nonce_tells_fresh_resent_and_reused(store: &dyn Store) {
     );
 }
 
+/// One nonce sent by many callers at once (so that several share a commit) is Fresh
+/// exactly once; the same signature again is a resend, another one a reuse.
+pub async fn one_nonce_sent_at_once_by_many_is_fresh_once(store: Arc<dyn Store>) {
+    let me = secret();
+    let handles: Vec<_> = (0..40)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let me = me.clone();
+            let signature = if n % 2 == 0 { "sig-a" } else { "sig-b" };
+            tokio::spawn(async move {
+                let outcome = store.record_nonce(nonce_claim(&me, 7, signature)).await;
+                (signature, outcome)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for handle in handles {
+        outcomes.push(handle.await.expect("a recording task panicked"));
+    }
+    let fresh: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Ok(NonceOutcome::Fresh)))
+        .map(|(signature, _)| *signature)
+        .collect();
+    assert_eq!(fresh.len(), 1, "{outcomes:?}");
+    for (signature, outcome) in &outcomes {
+        match outcome {
+            Ok(NonceOutcome::Fresh) => {}
+            Ok(NonceOutcome::Resent { answer: None }) if *signature == fresh[0] => {}
+            Err(StoreError::NonceReused { nonce: 7, .. }) if *signature != fresh[0] => {}
+            other => panic!("{signature} after {} was first: {other:?}", fresh[0]),
+        }
+    }
+}
+
 /// A submission's answer is kept with its nonce: the identical request again (same nonce,
 /// same signature) gets it byte for byte and changes nothing; a query resending it sees
 /// it; another signature with that nonce is a reuse.
@@ -2225,7 +2260,7 @@ where
     );
     assert_eq!(store.group(a, group).await.expect("group"), group_before);
     let (mut sub, _) = submission(a, gz(), "StopInstances", false, vec![], T0 + 5);
-    sub.nonce = resend;
+    sub.nonce = resend.clone();
     assert_eq!(
         store.submit(sub).await.expect("resend"),
         Submitted::Repeated {
@@ -2233,6 +2268,16 @@ where
         },
         "kept answers survive"
     );
+    match store
+        .record_nonce(NonceClaim {
+            signature: "another request".into(),
+            ..resend
+        })
+        .await
+    {
+        Err(StoreError::NonceReused { .. }) => {}
+        other => panic!("a nonce is still spent after a reopen, got {other:?}"),
+    }
 
     assert_eq!(fenced_completions(&store).await, 1, "the refusal count");
     // A shared store leaves the task that was running to rescue, once its lease (taken
@@ -5541,6 +5586,7 @@ macro_rules! conformance_tests {
             concurrent_submits_on_one_resource_accept_exactly_one,
             concurrent_claims_have_one_winner,
             a_completion_racing_a_rescue_counts_once,
+            one_nonce_sent_at_once_by_many_is_fresh_once,
         );
     };
     (@each $fresh:path; $($behaviour:ident),* $(,)?) => {$(
