@@ -19,16 +19,25 @@ use std::collections::HashMap;
 type Key = (u32, u64);
 
 /// Where each stored nonce's row is, for the writer of a database no other process
-/// writes. A row ID found here is a hint, read back with its key: rows of rolled-back
-/// transactions leave stale entries, harmless since the row is checked. What must never
-/// happen is a committed nonce missing from the index, so entries are dropped only when
-/// their rows' deletion commits.
+/// writes. What must never happen is a committed nonce missing from the index, so an
+/// insert enters it at once (a later job of the same transaction must see it) and a
+/// deletion leaves it only when it commits; an insert rolled back leaves it again.
+/// A row ID found here is still read back with its key before it is believed.
 #[derive(Default)]
 pub struct NonceIndex {
     secrets: HashMap<String, u32>,
     rows: HashMap<Key, i64>,
+    /// Rows inserted by the open transaction: removed again if it rolls back.
+    inserted: Vec<(Key, i64)>,
     /// Rows deleted by the open transaction: forgotten once it commits.
     deleted: Vec<(Key, i64)>,
+}
+
+/// How far the open transaction's changes to the index go (see [`NonceIndex::mark`]).
+#[derive(Clone, Copy)]
+pub struct Mark {
+    inserted: usize,
+    deleted: usize,
 }
 
 /// How many rows one query reads while the index is loaded.
@@ -66,29 +75,57 @@ impl NonceIndex {
         (secret, nonce)
     }
 
-    /// How far the open transaction's deletions go, to undo a failed job's with
-    /// [`NonceIndex::keep_deleted`].
-    pub fn mark(&self) -> usize {
-        self.deleted.len()
+    fn remember(&mut self, key: Key, row: i64) {
+        self.rows.insert(key, row);
+        self.inserted.push((key, row));
     }
 
-    /// The deletions after `mark` were rolled back: their rows stay, so do their entries.
-    pub fn keep_deleted(&mut self, mark: usize) {
-        self.deleted.truncate(mark);
+    /// Removes `key` if it still points at `row` (a later insert may have replaced it).
+    fn forget(&mut self, key: Key, row: i64) {
+        if self.rows.get(&key) == Some(&row) {
+            self.rows.remove(&key);
+        }
+    }
+
+    /// How far the open transaction's changes go, to undo a failed job's with
+    /// [`NonceIndex::undo_to`].
+    pub fn mark(&self) -> Mark {
+        Mark {
+            inserted: self.inserted.len(),
+            deleted: self.deleted.len(),
+        }
+    }
+
+    /// The changes after `mark` were rolled back (a job failed in its savepoint): the
+    /// rows it inserted are gone, those it deleted stay.
+    pub fn undo_to(&mut self, mark: Mark) {
+        for (key, row) in self.inserted.split_off(mark.inserted) {
+            self.forget(key, row);
+        }
+        self.deleted.truncate(mark.deleted);
     }
 
     /// The transaction committed: its deleted rows leave the index.
     pub fn committed(&mut self) {
-        for (key, id) in self.deleted.drain(..) {
-            if self.rows.get(&key) == Some(&id) {
-                self.rows.remove(&key);
-            }
+        self.inserted.clear();
+        for (key, row) in std::mem::take(&mut self.deleted) {
+            self.forget(key, row);
         }
     }
 
-    /// The transaction rolled back: nothing it deleted is gone.
+    /// The transaction rolled back: nothing it inserted is stored, nothing it deleted
+    /// is gone.
     pub fn rolled_back(&mut self) {
-        self.deleted.clear();
+        self.undo_to(Mark {
+            inserted: 0,
+            deleted: 0,
+        });
+    }
+
+    /// How many nonces the index holds.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.rows.len()
     }
 }
 
@@ -124,7 +161,7 @@ pub fn claim(
             if earlier.is_none() {
                 let row = insert(db, claim)?
                     .ok_or_else(|| StoreError::Backend("a nonce row was not inserted".into()))?;
-                index.rows.insert(key, row);
+                index.remember(key, row);
                 return Ok(Claimed::Fresh { row });
             }
             earlier
@@ -201,7 +238,17 @@ pub fn purge(
 mod tests {
     use super::*;
 
-    fn index_with(rows: &[(&str, u64, i64)]) -> NonceIndex {
+    fn key(index: &mut NonceIndex, secret_id: &str, nonce: u64) -> Key {
+        index.key(secret_id, nonce)
+    }
+
+    fn row(index: &mut NonceIndex, secret_id: &str, nonce: u64) -> Option<i64> {
+        let key = index.key(secret_id, nonce);
+        index.rows.get(&key).copied()
+    }
+
+    /// The index as loaded at start: committed rows.
+    fn loaded(rows: &[(&str, u64, i64)]) -> NonceIndex {
         let mut index = NonceIndex::default();
         for (secret_id, nonce, id) in rows {
             let key = index.key(secret_id, *nonce);
@@ -215,14 +262,9 @@ mod tests {
         index.deleted.push((key, id));
     }
 
-    fn row(index: &mut NonceIndex, secret_id: &str, nonce: u64) -> Option<i64> {
-        let key = index.key(secret_id, nonce);
-        index.rows.get(&key).copied()
-    }
-
     #[test]
     fn deleted_rows_leave_the_index_only_when_their_deletion_commits() {
-        let mut index = index_with(&[("AKIDa", 1, 10), ("AKIDa", 2, 11), ("AKIDb", 1, 12)]);
+        let mut index = loaded(&[("AKIDa", 1, 10), ("AKIDa", 2, 11), ("AKIDb", 1, 12)]);
         deleted(&mut index, "AKIDa", 1, 10);
         index.rolled_back();
         index.committed();
@@ -235,7 +277,7 @@ mod tests {
         deleted(&mut index, "AKIDa", 1, 10);
         let mark = index.mark();
         deleted(&mut index, "AKIDa", 2, 11);
-        index.keep_deleted(mark);
+        index.undo_to(mark);
         index.committed();
         assert_eq!(row(&mut index, "AKIDa", 1), None, "a committed deletion");
         assert_eq!(
@@ -247,12 +289,42 @@ mod tests {
     }
 
     #[test]
+    fn inserted_rows_leave_the_index_when_their_insert_rolls_back() {
+        let mut index = loaded(&[("AKIDa", 1, 10)]);
+        let k2 = key(&mut index, "AKIDa", 2);
+        index.remember(k2, 20);
+        let mark = index.mark();
+        let k3 = key(&mut index, "AKIDa", 3);
+        index.remember(k3, 21);
+        index.undo_to(mark);
+        assert_eq!(row(&mut index, "AKIDa", 3), None, "a failed job's insert");
+        assert_eq!(
+            row(&mut index, "AKIDa", 2),
+            Some(20),
+            "an earlier job's stays"
+        );
+        index.committed();
+        index.rolled_back();
+        assert_eq!(row(&mut index, "AKIDa", 2), Some(20), "committed before");
+
+        let k4 = key(&mut index, "AKIDa", 4);
+        index.remember(k4, 22);
+        index.rolled_back();
+        assert_eq!(
+            row(&mut index, "AKIDa", 4),
+            None,
+            "a rolled-back transaction's"
+        );
+        assert_eq!(index.len(), 2, "nothing stale is left");
+    }
+
+    #[test]
     fn a_deleted_row_does_not_take_a_newer_row_of_its_nonce_along() {
-        let mut index = index_with(&[("AKIDa", 1, 10)]);
+        let mut index = loaded(&[("AKIDa", 1, 10)]);
         deleted(&mut index, "AKIDa", 1, 10);
         // Stored again in the same transaction, in a new row.
-        let key = index.key("AKIDa", 1);
-        index.rows.insert(key, 20);
+        let k1 = key(&mut index, "AKIDa", 1);
+        index.remember(k1, 20);
         index.committed();
         assert_eq!(row(&mut index, "AKIDa", 1), Some(20));
     }

@@ -10,7 +10,7 @@
 //! task at a time per resource, fencing) holds across nodes without per-row locking.
 
 use crate::args;
-use crate::nonces::NonceIndex;
+use crate::nonces::{self, NonceIndex};
 use crate::sql::{Db, Row};
 use qtask_store::{StoreError, StoreResult};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -143,14 +143,14 @@ impl WriterState {
     }
 
     /// Where a job starts, to undo what it told the state if it fails.
-    fn mark(&self) -> usize {
-        self.nonces.as_ref().map_or(0, NonceIndex::mark)
+    fn mark(&self) -> Option<nonces::Mark> {
+        self.nonces.as_ref().map(NonceIndex::mark)
     }
 
     /// The job that started at `mark` failed and its changes were undone.
-    fn job_failed(&mut self, mark: usize) {
-        if let Some(nonces) = &mut self.nonces {
-            nonces.keep_deleted(mark);
+    fn job_failed(&mut self, mark: Option<nonces::Mark>) {
+        if let (Some(nonces), Some(mark)) = (&mut self.nonces, mark) {
+            nonces.undo_to(mark);
         }
     }
 }
