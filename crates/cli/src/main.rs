@@ -10,6 +10,9 @@ use qtask::{call, catalog, friendly, keys, profile, resources, tasks};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const EXAMPLES: &str = "\
 Examples:
   qtask serve                                   # HTTP :8080, HTTPS :8443, data in ./qtask-data
