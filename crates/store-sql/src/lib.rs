@@ -282,8 +282,9 @@ where
         // the restart, as a claimed task whose run the failure cut would (the restart
         // takes its own RUNNING tasks back). Its completion commits durably, and with it
         // every earlier write.
+        // Atomic: one statement (see `writes::claim`).
         let mode = WriteMode {
-            atomic: false,
+            atomic: true,
             lazy: true,
         };
         self.writer

@@ -10,19 +10,34 @@ use qtask_core::{
 use qtask_store::*;
 use serde_json::Value;
 
+/// A task's own columns: [`TASK_COLUMNS`] without the queue position.
+macro_rules! task_fields {
+    () => {
+        "id, account_id, group_id, action, resource_id, region, params, state, attempts, \
+         created_at, started_at, finished_at, error_code, error_message, result, effect, \
+         not_before, lease_owner, lease_expires_at, fence, cancel_requested"
+    };
+}
+
 /// A task's columns, in the order [`task_from_row`] reads them; the table must be
 /// named `tasks`. A QUEUED task waiting behind others on its resource gets the task
 /// just ahead of it and its position (both from the index on resource and ID).
-pub const TASK_COLUMNS: &str =
-    "id, account_id, group_id, action, resource_id, region, params, state, attempts, \
-     created_at, started_at, finished_at, error_code, error_message, result, effect, \
-     not_before, lease_owner, lease_expires_at, fence, cancel_requested, \
-     CASE WHEN state = 'QUEUED' THEN (SELECT MAX(b.id) FROM tasks b \
+pub const TASK_COLUMNS: &str = concat!(
+    task_fields!(),
+    ", CASE WHEN state = 'QUEUED' THEN (SELECT MAX(b.id) FROM tasks b \
         WHERE b.account_id = tasks.account_id AND b.resource_id = tasks.resource_id \
           AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END, \
      CASE WHEN state = 'QUEUED' THEN (SELECT COUNT(*) FROM tasks b \
         WHERE b.account_id = tasks.account_id AND b.resource_id = tasks.resource_id \
-          AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END";
+          AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END"
+);
+
+/// [`TASK_COLUMNS`] of a task that is not QUEUED (no queue position to look up), for
+/// a statement whose row is not one `tasks` names in a subquery (`UPDATE … RETURNING`).
+pub const RUNNING_TASK_COLUMNS: &str = concat!(
+    task_fields!(),
+    ", CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)"
+);
 
 fn bad_column(index: usize, message: String) -> StoreError {
     StoreError::Backend(format!("column {index}: {message}"))

@@ -2,7 +2,7 @@
 
 use crate::args;
 use crate::nonces::{self, Claimed};
-use crate::reads::{stored_id, task_from_row, TASK_COLUMNS};
+use crate::reads::{stored_id, task_from_row, RUNNING_TASK_COLUMNS, TASK_COLUMNS};
 use crate::sql::{Db, Row};
 use crate::writer::WriterState;
 use qtask_core::{
@@ -11,6 +11,7 @@ use qtask_core::{
 };
 use qtask_store::*;
 use serde_json::{json, Map, Value};
+use std::sync::LazyLock;
 
 pub fn record_nonce(
     db: &mut dyn Db,
@@ -271,6 +272,21 @@ args![task_id,
     Ok(Ok((task, !waits)))
 }
 
+/// One statement, so a claim that fails has changed nothing and needs no savepoint:
+/// only the head of its resource's queue, and only once its backoff has passed; it
+/// answers with the claimed task and its resource's attributes.
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
+                 started_at = COALESCE(started_at, ?2), lease_owner = ?3,
+                 lease_expires_at = ?4, fence = ?5
+             WHERE id = ?1 AND state = 'QUEUED' AND not_before <= ?2
+               AND id = (SELECT active_task FROM resources r WHERE r.id = tasks.resource_id)
+             RETURNING {RUNNING_TASK_COLUMNS},
+                 (SELECT attrs FROM resources r WHERE r.id = tasks.resource_id)"
+    )
+});
+
 pub fn claim(
     db: &mut dyn Db,
     state: &mut WriterState,
@@ -278,14 +294,8 @@ pub fn claim(
     lease: &Lease,
 ) -> StoreResult<Option<ClaimedTask>> {
     let fence = state.allocate_fence();
-    // Only the head of its resource's queue, and only once its backoff has passed.
     let claimed = db.query_opt(
-        "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
-                 started_at = COALESCE(started_at, ?2), lease_owner = ?3,
-                 lease_expires_at = ?4, fence = ?5
-             WHERE id = ?1 AND state = 'QUEUED' AND not_before <= ?2
-               AND id = (SELECT active_task FROM resources r WHERE r.id = tasks.resource_id)
-             RETURNING resource_id",
+        &CLAIM,
         args![
             task.get() as i64,
             lease.now,
@@ -293,23 +303,21 @@ pub fn claim(
             lease.expires_at,
             fence as i64
         ],
-        |r| r.get::<String>(0),
+        |r: &Row| Ok((task_from_row(r)?, r.get::<String>(RESOURCE_ATTRS_COLUMN)?)),
     )?;
-    let Some(resource) = claimed else {
-        return Ok(None);
-    };
-    let record = task_by_id(db, task)?;
-    let attrs: String = db.query_one(
-        "SELECT attrs FROM resources WHERE id = ?1",
-        args![resource],
-        |r| r.get(0),
-    )?;
-    Ok(Some(ClaimedTask {
-        task: record,
-        fence,
-        resource_attrs: parse_object(&attrs)?,
-    }))
+    claimed
+        .map(|(record, attrs)| {
+            Ok(ClaimedTask {
+                task: record,
+                fence,
+                resource_attrs: parse_object(&attrs)?,
+            })
+        })
+        .transpose()
 }
+
+/// Where [`CLAIM`] answers the resource's attributes: after the task's columns.
+const RESOURCE_ATTRS_COLUMN: usize = 23;
 
 fn task_by_id(db: &mut dyn Db, task: RequestId) -> StoreResult<TaskRecord> {
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
