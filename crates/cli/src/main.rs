@@ -10,6 +10,9 @@ use qtask::{call, catalog, friendly, keys, profile, resources, tasks};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// jemalloc: with glibc's malloc, memory allocated on one thread and freed on another (a
+// request's job, built on a runtime thread and dropped by the store writer) took arena
+// locks and consolidations: a quarter of an `e2e` profile's samples (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
