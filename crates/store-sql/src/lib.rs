@@ -414,7 +414,10 @@ where
     }
 
     async fn group(&self, account: AccountId, id: RequestId) -> StoreResult<Option<GroupRecord>> {
-        self.read(move |db| reads::group(db, account, id)).await
+        // By key, and at most 100 tasks (one call's resources): DescribeTaskResult reads
+        // it for the requestId of every RunInstances and task-chain call.
+        self.point_read(move |db| reads::group(db, account, id))
+            .await
     }
 
     async fn tasks(
