@@ -12,6 +12,7 @@ use crate::{views, Answer, EngineError};
 use qtask_core::{RequestId, ResourceId, ResourceState, TaskState};
 use qtask_store::{CancelOutcome, GroupRecord, Page, PlannedTask, Target, TaskFilter, TaskRecord};
 use serde_json::{json, Map, Value};
+use std::collections::HashSet;
 
 pub fn actions() -> Vec<ActionSpec> {
     let query = |name: &'static str, params: &'static [&'static str], query: QueryFn| ActionSpec {
@@ -277,11 +278,11 @@ async fn describe_result(
             break named;
         }
         let recheck = deadline.min(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+        let mut awaited = Awaited::of(&named);
         loop {
             match tokio::time::timeout_at(recheck, receiver.recv()).await {
                 Ok(Ok(event)) => {
-                    let about = event.task == id || event.chain == Some(id);
-                    if about && event.account == ctx.call.account && event.kind.is_final() {
+                    if event.account == ctx.call.account && awaited.ends_with(&event) {
                         break;
                     }
                 }
@@ -304,6 +305,34 @@ async fn describe_result(
     let mut answer = Map::new();
     answer.insert("data".into(), data);
     Ok(Answer::Data(answer))
+}
+
+/// The unfinished tasks a long poll waits for, to read the task or chain again only
+/// once they have all ended: a chain's tasks end one by one, and reading the whole chain
+/// at each end read it up to 100 times.
+struct Awaited(HashSet<RequestId>);
+
+impl Awaited {
+    fn of(named: &Named) -> Self {
+        Self(
+            named
+                .tasks()
+                .iter()
+                .filter(|task| !task.state.is_final())
+                .map(|task| task.id)
+                .collect(),
+        )
+    }
+
+    /// Whether `event` (of the caller's account) calls for a new read: the last awaited
+    /// task ended, or one failed or was canceled — which may have ended the tasks
+    /// queued behind it without events of their own.
+    fn ends_with(&mut self, event: &TaskEvent) -> bool {
+        if !event.kind.is_final() || !self.0.remove(&event.task) {
+            return false;
+        }
+        self.0.is_empty() || event.kind != EventKind::Succeeded
+    }
 }
 
 /// When to ask again, in whole seconds (at least 1): the longest estimate over the
@@ -376,4 +405,75 @@ async fn describe_tasks(ctx: QueryContext<'_>) -> Result<Answer, EngineError> {
         Value::Array(listing.items.iter().map(views::task).collect()),
     );
     Ok(Answer::Data(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qtask_core::AccountId;
+
+    fn id(n: u64) -> RequestId {
+        RequestId::new(n).unwrap()
+    }
+
+    fn event(task: u64, kind: EventKind) -> TaskEvent {
+        TaskEvent {
+            seq: 1,
+            at: 0,
+            kind,
+            account: AccountId(1),
+            task: id(task),
+            chain: Some(id(100)),
+            action: "StopInstances".into(),
+            resource: ResourceId::parse("ins", "ins-0a1b2c3d").unwrap(),
+            attempt: 1,
+            error: None,
+            result: None,
+            next_attempt_at: None,
+            duration_ms: None,
+            remote: false,
+        }
+    }
+
+    #[test]
+    fn a_long_poll_reads_again_once_every_awaited_task_has_ended() {
+        let mut awaited = Awaited(HashSet::from([id(1), id(2), id(3)]));
+        assert!(
+            !awaited.ends_with(&event(1, EventKind::Started)),
+            "not an end"
+        );
+        assert!(
+            !awaited.ends_with(&event(1, EventKind::Retrying)),
+            "not an end"
+        );
+        assert!(
+            !awaited.ends_with(&event(1, EventKind::Succeeded)),
+            "2 and 3 run"
+        );
+        assert!(
+            !awaited.ends_with(&event(1, EventKind::Succeeded)),
+            "seen before"
+        );
+        assert!(
+            !awaited.ends_with(&event(7, EventKind::Failed)),
+            "not awaited"
+        );
+        assert!(
+            !awaited.ends_with(&event(2, EventKind::Succeeded)),
+            "3 runs"
+        );
+        assert!(
+            awaited.ends_with(&event(3, EventKind::Succeeded)),
+            "the last"
+        );
+    }
+
+    #[test]
+    fn a_long_poll_reads_again_when_an_awaited_task_fails_or_is_canceled() {
+        // Either may end the tasks queued behind it, which publish no event of their own.
+        for kind in [EventKind::Failed, EventKind::Canceled] {
+            let mut awaited = Awaited(HashSet::from([id(1), id(2)]));
+            assert!(awaited.ends_with(&event(1, kind)), "{kind:?}");
+        }
+    }
 }
