@@ -19,18 +19,29 @@ macro_rules! task_fields {
     };
 }
 
+/// [`TASK_COLUMNS`], for `concat!`.
+macro_rules! task_columns {
+    () => {
+        concat!(
+            task_fields!(),
+            ", CASE WHEN state = 'QUEUED' THEN (SELECT MAX(b.id) FROM tasks b \
+                WHERE b.account_id = tasks.account_id AND b.resource_id = tasks.resource_id \
+                  AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END, \
+             CASE WHEN state = 'QUEUED' THEN (SELECT COUNT(*) FROM tasks b \
+                WHERE b.account_id = tasks.account_id AND b.resource_id = tasks.resource_id \
+                  AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END"
+        )
+    };
+}
+
 /// A task's columns, in the order [`task_from_row`] reads them; the table must be
 /// named `tasks`. A QUEUED task waiting behind others on its resource gets the task
-/// just ahead of it and its position (both from the index on resource and ID).
-pub const TASK_COLUMNS: &str = concat!(
-    task_fields!(),
-    ", CASE WHEN state = 'QUEUED' THEN (SELECT MAX(b.id) FROM tasks b \
-        WHERE b.account_id = tasks.account_id AND b.resource_id = tasks.resource_id \
-          AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END, \
-     CASE WHEN state = 'QUEUED' THEN (SELECT COUNT(*) FROM tasks b \
-        WHERE b.account_id = tasks.account_id AND b.resource_id = tasks.resource_id \
-          AND b.id < tasks.id AND b.state IN ('QUEUED', 'RUNNING')) END"
-);
+/// just ahead of it and its position, from the index of unfinished tasks by resource
+/// (the condition on `b.state` is that partial index's, so it applies).
+pub const TASK_COLUMNS: &str = task_columns!();
+
+/// One task by ID, whatever its account (the writer's reads).
+pub const TASK_BY_ID_SQL: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
 
 /// [`TASK_COLUMNS`] of a task that is not QUEUED (no queue position to look up), for
 /// a statement whose row is not one `tasks` names in a subquery (`UPDATE … RETURNING`).

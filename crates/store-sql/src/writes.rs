@@ -2,7 +2,7 @@
 
 use crate::args;
 use crate::nonces::{self, Claimed};
-use crate::reads::{stored_id, task_from_row, RUNNING_TASK_COLUMNS, TASK_COLUMNS};
+use crate::reads::{stored_id, task_from_row, RUNNING_TASK_COLUMNS, TASK_BY_ID_SQL};
 use crate::sql::{Db, Row};
 use crate::writer::WriterState;
 use qtask_core::{
@@ -320,8 +320,7 @@ pub fn claim(
 const RESOURCE_ATTRS_COLUMN: usize = 23;
 
 fn task_by_id(db: &mut dyn Db, task: RequestId) -> StoreResult<TaskRecord> {
-    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
-    db.query_one(&sql, args![task.get() as i64], task_from_row)
+    db.query_one(TASK_BY_ID_SQL, args![task.get() as i64], task_from_row)
 }
 
 pub fn renew(
@@ -923,6 +922,11 @@ pub fn set_account_blocked(db: &mut dyn Db, name: &str, blocked: bool) -> StoreR
 }
 
 /// Refuses (the caller rolls back) a submission that took the account over a limit.
+/// An account's unfinished tasks, counted through the index of unfinished tasks by
+/// resource (its condition on `state` is that partial index's).
+pub const UNFINISHED_TASKS_SQL: &str =
+    "SELECT COUNT(*) FROM tasks WHERE account_id = ?1 AND state IN ('QUEUED', 'RUNNING')";
+
 fn check_limits(
     db: &mut dyn Db,
     account: AccountId,
@@ -935,7 +939,7 @@ fn check_limits(
             added_tasks,
             limits.max_unfinished_tasks,
             "unfinished tasks",
-            "SELECT COUNT(*) FROM tasks WHERE account_id = ?1 AND state IN ('QUEUED', 'RUNNING')",
+            UNFINISHED_TASKS_SQL,
         ),
         (
             added_resources,

@@ -307,6 +307,48 @@ mod tests {
         }
     }
 
+    /// A QUEUED task's place in its resource's queue, and an account's count of
+    /// unfinished tasks, read only unfinished tasks: before migration 7 they went
+    /// through `tasks_by_resource` and read the state of every earlier task of the
+    /// resource — a long-lived instance's whole history, for each queued task.
+    #[test]
+    fn queue_positions_and_limits_read_only_unfinished_tasks() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("qtask.db");
+        drop(open(&path).expect("the store opens"));
+        let conn = Connection::open(&path).expect("open");
+        for sql in qtask_store_sql::UNFINISHED_TASK_QUERIES {
+            let mut plan = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("EXPLAIN QUERY PLAN");
+            let unbound = std::iter::repeat_n(rusqlite::types::Null, plan.parameter_count());
+            let steps: Vec<String> = plan
+                .query_map(rusqlite::params_from_iter(unbound), |row| {
+                    row.get::<_, String>(3)
+                })
+                .expect("the plan")
+                .map(|step| step.expect("a plan step"))
+                .collect();
+            // Every search but the one of a task by its ID.
+            let among_tasks: Vec<&String> = steps
+                .iter()
+                .filter(|step| step.starts_with("SEARCH ") && !step.contains("PRIMARY KEY"))
+                .collect();
+            assert!(
+                !among_tasks.is_empty(),
+                "{sql}
+{steps:?}"
+            );
+            for step in among_tasks {
+                assert!(
+                    step.contains("tasks_unfinished_by_resource"),
+                    "{sql}
+reads other tasks than unfinished ones: {steps:?}"
+                );
+            }
+        }
+    }
+
     fn writer_on(path: &Path) -> SqliteConn {
         let conn = Connection::open(path).expect("open");
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")

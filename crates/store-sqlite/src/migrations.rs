@@ -190,6 +190,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE nonces_in_order RENAME TO nonces;
     CREATE INDEX nonces_by_expiry ON nonces (expires_at);
     "#,
+    // 7: unfinished tasks indexed by resource, in place of by account. A QUEUED task's
+    // place in its resource's queue (TASK_COLUMNS) counted the resource's earlier tasks
+    // through `tasks_by_resource`, reading each one's state: the whole history of a
+    // long-lived resource, for every queued task a read returned. The account's count
+    // of unfinished tasks (its limit) uses the new index's first column.
+    r#"
+    DROP INDEX tasks_unfinished_by_account;
+    CREATE INDEX tasks_unfinished_by_resource ON tasks (account_id, resource_id, id)
+        WHERE state IN ('QUEUED', 'RUNNING');
+    "#,
 ];
 
 /// The schema version this binary writes.
