@@ -508,19 +508,19 @@ fn finish(
     let final_state = task
         .effect
         .final_state(&ResourceState(task.prior_state.clone()), succeeded);
-    // Only while the task holds its resource: one that waited behind another never
-    // touched it.
-    let attrs: Option<String> = db.query_opt(
-        "SELECT attrs FROM resources WHERE id = ?1 AND active_task = ?2",
-        args![&task.resource, task.id],
-        |r: &Row| r.get(0),
-    )?;
-    let Some(attrs) = attrs else {
-        return Ok(Vec::new());
-    };
     // Keyed changes are RFC 7396 merge patches, applied here so that changes to other
-    // entries committed meanwhile are kept.
-    let attrs = if succeeded && !task.effect.patch.is_empty() {
+    // entries committed meanwhile are kept. Without one, the attributes stay: no read.
+    let patched = if succeeded && !task.effect.patch.is_empty() {
+        // Only while the task holds its resource: one that waited behind another never
+        // touched it.
+        let attrs: Option<String> = db.query_opt(
+            "SELECT attrs FROM resources WHERE id = ?1 AND active_task = ?2",
+            args![&task.resource, task.id],
+            |r: &Row| r.get(0),
+        )?;
+        let Some(attrs) = attrs else {
+            return Ok(Vec::new());
+        };
         let mut merged = Value::Object(parse_object(&attrs)?);
         json_patch::merge(&mut merged, &Value::Object(task.effect.patch.clone()));
         Some(merged.to_string())
@@ -531,7 +531,7 @@ fn finish(
         "UPDATE resources SET state = ?2, active_task = NULL, updated_at = ?5,
              attrs = COALESCE(?3, attrs)
          WHERE id = ?1 AND active_task = ?4",
-        args![&task.resource, final_state.as_str(), attrs, task.id, now],
+        args![&task.resource, final_state.as_str(), patched, task.id, now],
     )?;
     if released == 0 {
         // It was waiting behind another task: the queue is unchanged.
