@@ -286,8 +286,7 @@ where
         // Lazy: a claim a power failure loses leaves its task QUEUED, to run again after
         // the restart, as a claimed task whose run the failure cut would (the restart
         // takes its own RUNNING tasks back). Its completion commits durably, and with it
-        // every earlier write.
-        // Atomic: one statement (see `writes::claim`).
+        // every earlier write. Atomic: one statement (see `writes::claim`).
         let mode = WriteMode {
             atomic: true,
             lazy: true,

@@ -43,8 +43,8 @@ pub const TASK_COLUMNS: &str = task_columns!();
 /// One task by ID, whatever its account (the writer's reads).
 pub const TASK_BY_ID_SQL: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
 
-/// [`TASK_COLUMNS`] of a task that is not QUEUED (no queue position to look up), for
-/// a statement whose row is not one `tasks` names in a subquery (`UPDATE … RETURNING`).
+/// [`TASK_COLUMNS`] of a task known not to be QUEUED (so without a queue position), for
+/// `UPDATE … RETURNING`, whose row the position's subqueries cannot name.
 pub const RUNNING_TASK_COLUMNS: &str = concat!(
     task_fields!(),
     ", CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)"

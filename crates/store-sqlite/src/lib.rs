@@ -278,27 +278,37 @@ impl r2d2::ManageConnection for ReadConnections {
 mod tests {
     use super::*;
 
+    /// A connection to a new store with every migration applied (and its directory).
+    fn migrated_store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("qtask.db");
+        drop(open(&path).expect("the store opens"));
+        let conn = Connection::open(&path).expect("open");
+        (dir, conn)
+    }
+
+    /// The steps of `sql`'s query plan, as `EXPLAIN QUERY PLAN` words them.
+    fn plan_of(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut plan = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("EXPLAIN QUERY PLAN");
+        let unbound = std::iter::repeat_n(rusqlite::types::Null, plan.parameter_count());
+        plan.query_map(rusqlite::params_from_iter(unbound), |row| {
+            row.get::<_, String>(3)
+        })
+        .expect("the plan")
+        .map(|step| step.expect("a plan step"))
+        .collect()
+    }
+
     /// Every recurring query finds its rows through an index: a plan step that walks a
     /// whole table ("SCAN tasks", "SCAN r") costs seconds on a store of 10M tasks, and
     /// these run every few seconds (as rescue's did, until its `ORDER BY` was dropped).
     #[test]
     fn recurring_queries_never_walk_a_whole_table() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().join("qtask.db");
-        drop(open(&path).expect("the store opens"));
-        let conn = Connection::open(&path).expect("open");
+        let (_dir, conn) = migrated_store();
         for sql in qtask_store_sql::RECURRING_QUERIES {
-            let mut plan = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .expect("EXPLAIN QUERY PLAN");
-            let unbound = std::iter::repeat_n(rusqlite::types::Null, plan.parameter_count());
-            let steps: Vec<String> = plan
-                .query_map(rusqlite::params_from_iter(unbound), |row| {
-                    row.get::<_, String>(3)
-                })
-                .expect("the plan")
-                .map(|step| step.expect("a plan step"))
-                .collect();
+            let steps = plan_of(&conn, sql);
             let walks = steps
                 .iter()
                 .filter(|step| step.starts_with("SCAN ") && !step.contains(" USING "))
@@ -313,37 +323,19 @@ mod tests {
     /// resource — a long-lived instance's whole history, for each queued task.
     #[test]
     fn queue_positions_and_limits_read_only_unfinished_tasks() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().join("qtask.db");
-        drop(open(&path).expect("the store opens"));
-        let conn = Connection::open(&path).expect("open");
+        let (_dir, conn) = migrated_store();
         for sql in qtask_store_sql::UNFINISHED_TASK_QUERIES {
-            let mut plan = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .expect("EXPLAIN QUERY PLAN");
-            let unbound = std::iter::repeat_n(rusqlite::types::Null, plan.parameter_count());
-            let steps: Vec<String> = plan
-                .query_map(rusqlite::params_from_iter(unbound), |row| {
-                    row.get::<_, String>(3)
-                })
-                .expect("the plan")
-                .map(|step| step.expect("a plan step"))
-                .collect();
+            let steps = plan_of(&conn, sql);
             // Every search but the one of a task by its ID.
             let among_tasks: Vec<&String> = steps
                 .iter()
                 .filter(|step| step.starts_with("SEARCH ") && !step.contains("PRIMARY KEY"))
                 .collect();
-            assert!(
-                !among_tasks.is_empty(),
-                "{sql}
-{steps:?}"
-            );
+            assert!(!among_tasks.is_empty(), "{sql}\n{steps:?}");
             for step in among_tasks {
                 assert!(
                     step.contains("tasks_unfinished_by_resource"),
-                    "{sql}
-reads other tasks than unfinished ones: {steps:?}"
+                    "{sql}\nreads other tasks than unfinished ones: {steps:?}"
                 );
             }
         }

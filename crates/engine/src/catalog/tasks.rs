@@ -282,7 +282,9 @@ async fn describe_result(
         loop {
             match tokio::time::timeout_at(recheck, receiver.recv()).await {
                 Ok(Ok(event)) => {
-                    if event.account == ctx.call.account && awaited.ends_with(&event) {
+                    if event.account == ctx.call.account
+                        && awaited.ends_with(event.task, event.kind)
+                    {
                         break;
                     }
                 }
@@ -324,14 +326,14 @@ impl Awaited {
         )
     }
 
-    /// Whether `event` (of the caller's account) calls for a new read: the last awaited
-    /// task ended, or one failed or was canceled — which may have ended the tasks
-    /// queued behind it without events of their own.
-    fn ends_with(&mut self, event: &TaskEvent) -> bool {
-        if !event.kind.is_final() || !self.0.remove(&event.task) {
+    /// Whether an event of the caller's account, `kind` of `task`, calls for a new read:
+    /// the last awaited task ended, or one failed or was canceled — which may have ended
+    /// the tasks queued behind it without events of their own.
+    fn ends_with(&mut self, task: RequestId, kind: EventKind) -> bool {
+        if !kind.is_final() || !self.0.remove(&task) {
             return false;
         }
-        self.0.is_empty() || event.kind != EventKind::Succeeded
+        self.0.is_empty() || kind != EventKind::Succeeded
     }
 }
 
@@ -410,70 +412,39 @@ async fn describe_tasks(ctx: QueryContext<'_>) -> Result<Answer, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qtask_core::AccountId;
+    use EventKind::*;
 
     fn id(n: u64) -> RequestId {
         RequestId::new(n).unwrap()
     }
 
-    fn event(task: u64, kind: EventKind) -> TaskEvent {
-        TaskEvent {
-            seq: 1,
-            at: 0,
-            kind,
-            account: AccountId(1),
-            task: id(task),
-            chain: Some(id(100)),
-            action: "StopInstances".into(),
-            resource: ResourceId::parse("ins", "ins-0a1b2c3d").unwrap(),
-            attempt: 1,
-            error: None,
-            result: None,
-            next_attempt_at: None,
-            duration_ms: None,
-            remote: false,
-        }
-    }
-
     #[test]
     fn a_long_poll_reads_again_once_every_awaited_task_has_ended() {
         let mut awaited = Awaited(HashSet::from([id(1), id(2), id(3)]));
-        assert!(
-            !awaited.ends_with(&event(1, EventKind::Started)),
-            "not an end"
-        );
-        assert!(
-            !awaited.ends_with(&event(1, EventKind::Retrying)),
-            "not an end"
-        );
-        assert!(
-            !awaited.ends_with(&event(1, EventKind::Succeeded)),
-            "2 and 3 run"
-        );
-        assert!(
-            !awaited.ends_with(&event(1, EventKind::Succeeded)),
-            "seen before"
-        );
-        assert!(
-            !awaited.ends_with(&event(7, EventKind::Failed)),
-            "not awaited"
-        );
-        assert!(
-            !awaited.ends_with(&event(2, EventKind::Succeeded)),
-            "3 runs"
-        );
-        assert!(
-            awaited.ends_with(&event(3, EventKind::Succeeded)),
-            "the last"
-        );
+        let events = [
+            (1, Started, false, "not an end"),
+            (1, Retrying, false, "not an end"),
+            (1, Succeeded, false, "2 and 3 run"),
+            (1, Succeeded, false, "seen before"),
+            (7, Failed, false, "not awaited"),
+            (2, Succeeded, false, "3 runs"),
+            (3, Succeeded, true, "the last"),
+        ];
+        for (task, kind, reads, why) in events {
+            assert_eq!(
+                awaited.ends_with(id(task), kind),
+                reads,
+                "{task} {kind:?}: {why}"
+            );
+        }
     }
 
     #[test]
     fn a_long_poll_reads_again_when_an_awaited_task_fails_or_is_canceled() {
         // Either may end the tasks queued behind it, which publish no event of their own.
-        for kind in [EventKind::Failed, EventKind::Canceled] {
+        for kind in [Failed, Canceled] {
             let mut awaited = Awaited(HashSet::from([id(1), id(2)]));
-            assert!(awaited.ends_with(&event(1, kind)), "{kind:?}");
+            assert!(awaited.ends_with(id(1), kind), "{kind:?}");
         }
     }
 }
