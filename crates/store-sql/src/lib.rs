@@ -38,7 +38,11 @@ pub const RECURRING_QUERIES: &[&str] = &[
 /// What the backends' tests check reads only unfinished tasks through the index of
 /// unfinished tasks by resource: a task's columns (its queue position) and an account's
 /// count of unfinished tasks.
-pub const UNFINISHED_TASK_QUERIES: &[&str] = &[reads::TASK_BY_ID_SQL, writes::UNFINISHED_TASKS_SQL];
+pub const UNFINISHED_TASK_QUERIES: &[&str] = &[
+    reads::TASK_OF_ACCOUNT_SQL,
+    reads::TASK_BY_ID_SQL,
+    writes::UNFINISHED_TASKS_SQL,
+];
 
 /// What a database shared by several qtask nodes adds: one node at a time runs the
 /// background maintenance, and nodes hear of tasks other nodes made runnable.

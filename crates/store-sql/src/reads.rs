@@ -43,12 +43,31 @@ pub const TASK_COLUMNS: &str = task_columns!();
 /// One task by ID, whatever its account (the writer's reads).
 pub const TASK_BY_ID_SQL: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
 
-/// [`TASK_COLUMNS`] of a task known not to be QUEUED (so without a queue position), for
-/// `UPDATE … RETURNING`, whose row the position's subqueries cannot name.
-pub const RUNNING_TASK_COLUMNS: &str = concat!(
-    task_fields!(),
-    ", CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)"
+/// One task of an account.
+pub const TASK_OF_ACCOUNT_SQL: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE id = ?1 AND account_id = ?2"
 );
+
+/// A chain's tasks.
+const GROUP_TASKS_SQL: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE group_id = ?1 ORDER BY id"
+);
+
+/// [`TASK_COLUMNS`] of a task known not to be QUEUED (so without a queue position), for
+/// `UPDATE … RETURNING`, whose row the position's subqueries cannot name; for `concat!`.
+macro_rules! running_task_columns {
+    () => {
+        concat!(
+            $crate::reads::task_fields!(),
+            ", CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)"
+        )
+    };
+}
+pub(crate) use {running_task_columns, task_fields};
 
 fn bad_column(index: usize, message: String) -> StoreError {
     StoreError::Backend(format!("column {index}: {message}"))
@@ -231,8 +250,11 @@ pub fn account_by_name(db: &mut dyn Db, name: &str) -> StoreResult<Option<Accoun
 }
 
 pub fn task(db: &mut dyn Db, account: AccountId, id: RequestId) -> StoreResult<Option<TaskRecord>> {
-    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1 AND account_id = ?2");
-    db.query_opt(&sql, args![id.get() as i64, account.0], task_from_row)
+    db.query_opt(
+        TASK_OF_ACCOUNT_SQL,
+        args![id.get() as i64, account.0],
+        task_from_row,
+    )
 }
 
 pub fn group(
@@ -248,8 +270,7 @@ pub fn group(
     let Some((action, created_at)) = head else {
         return Ok(None);
     };
-    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE group_id = ?1 ORDER BY id");
-    let tasks = db.query_all(&sql, args![id.get() as i64], task_from_row)?;
+    let tasks = db.query_all(GROUP_TASKS_SQL, args![id.get() as i64], task_from_row)?;
     Ok(Some(GroupRecord {
         id,
         action,

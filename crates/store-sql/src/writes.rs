@@ -2,7 +2,7 @@
 
 use crate::args;
 use crate::nonces::{self, Claimed};
-use crate::reads::{stored_id, task_from_row, RUNNING_TASK_COLUMNS, TASK_BY_ID_SQL};
+use crate::reads::{running_task_columns, stored_id, task_from_row, TASK_BY_ID_SQL};
 use crate::sql::{Db, Row};
 use crate::writer::WriterState;
 use qtask_core::{
@@ -11,7 +11,6 @@ use qtask_core::{
 };
 use qtask_store::*;
 use serde_json::{json, Map, Value};
-use std::sync::LazyLock;
 
 pub fn record_nonce(
     db: &mut dyn Db,
@@ -275,17 +274,16 @@ args![task_id,
 /// One statement, so a claim that fails has changed nothing and needs no savepoint:
 /// only the head of its resource's queue, and only once its backoff has passed; it
 /// answers with the claimed task and its resource's attributes.
-static CLAIM: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
-                 started_at = COALESCE(started_at, ?2), lease_owner = ?3,
-                 lease_expires_at = ?4, fence = ?5
-             WHERE id = ?1 AND state = 'QUEUED' AND not_before <= ?2
-               AND id = (SELECT active_task FROM resources r WHERE r.id = tasks.resource_id)
-             RETURNING {RUNNING_TASK_COLUMNS},
-                 (SELECT attrs FROM resources r WHERE r.id = tasks.resource_id)"
-    )
-});
+const CLAIM: &str = concat!(
+    "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
+         started_at = COALESCE(started_at, ?2), lease_owner = ?3,
+         lease_expires_at = ?4, fence = ?5
+     WHERE id = ?1 AND state = 'QUEUED' AND not_before <= ?2
+       AND id = (SELECT active_task FROM resources r WHERE r.id = tasks.resource_id)
+     RETURNING ",
+    running_task_columns!(),
+    ", (SELECT attrs FROM resources r WHERE r.id = tasks.resource_id)"
+);
 
 pub fn claim(
     db: &mut dyn Db,
@@ -295,7 +293,7 @@ pub fn claim(
 ) -> StoreResult<Option<ClaimedTask>> {
     let fence = state.allocate_fence();
     let claimed = db.query_opt(
-        &CLAIM,
+        CLAIM,
         args![
             task.get() as i64,
             lease.now,
