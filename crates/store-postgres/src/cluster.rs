@@ -2,7 +2,7 @@
 //! session advisory lock), wake-ups for idle workers and the relay of task events
 //! (LISTEN/NOTIFY).
 
-use crate::conn::{backend, events_channel_for, OwnedClient, Target};
+use crate::conn::{backend, events_channel_for, OffRuntime, Target};
 use postgres::fallible_iterator::FallibleIterator;
 use qtask_store::{StoreResult, BROADCAST_MESSAGE_MAX};
 use qtask_store_sql::Cluster;
@@ -29,7 +29,7 @@ const REMOTE_BACKLOG: usize = 4_096;
 pub struct PgCluster {
     target: Target,
     /// The connection that holds the maintenance lock while this node leads.
-    leader: Mutex<Option<OwnedClient>>,
+    leader: Mutex<Option<OffRuntime<postgres::Client>>>,
     ready: Arc<Notify>,
     closing: Arc<AtomicBool>,
     /// To the sender thread, which ends when this is dropped.
@@ -100,7 +100,7 @@ impl Cluster for PgCluster {
             .get(0);
         if took {
             tracing::info!("this node now leads the maintenance (rescue, retention)");
-            *leader = Some(OwnedClient::new(client));
+            *leader = Some(OffRuntime::new(client));
         }
         Ok(took)
     }

@@ -1,12 +1,13 @@
 //! A PostgreSQL connection as the shared store logic sees it: `?N` placeholders
 //! rewritten to `$N`, statements prepared once per connection, values converted by the
-//! column types the server reports.
+//! column types the server reports. This is the read pool's connection; the writer's,
+//! which pipelines, is in `writer.rs`.
 
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{Client, NoTls, Statement};
 use qtask_store::{StoreError, StoreResult};
 use qtask_store_sql::sql::{numbered_for_postgres, Db, Dialect, Row, Value};
-use qtask_store_sql::writer::{WriteConn, READY_CHANNEL};
+use qtask_store_sql::writer::READY_CHANNEL;
 use std::collections::HashMap;
 use std::error::Error;
 
@@ -26,7 +27,7 @@ pub fn backend(e: postgres::Error) -> StoreError {
 /// locks and notifications its own.
 #[derive(Clone)]
 pub struct Target {
-    pub config: postgres::Config,
+    pub config: tokio_postgres::Config,
     /// The advisory-lock key of the cluster-wide write lock; the maintenance lock is the
     /// next one. Derived from the schema, so several deployments can share a database.
     pub lock_key: i64,
@@ -36,76 +37,68 @@ pub struct Target {
     pub node: String,
 }
 
+/// Set on every connection. A commit answered before it is durable would break
+/// qtask's promise, whatever the server's default.
+pub const SESSION_SETTINGS: &str = "SET synchronous_commit = on; SET client_min_messages = warning";
+
 impl Target {
+    /// A blocking connection (the read pool's, the cluster's).
     pub fn connect(&self) -> StoreResult<Client> {
-        let mut client = self.config.connect(NoTls).map_err(backend)?;
-        // A commit answered before it is durable would break qtask's promise, whatever
-        // the server's default.
-        client
-            .batch_execute("SET synchronous_commit = on; SET client_min_messages = warning")
+        let mut client = postgres::Config::from(self.config.clone())
+            .connect(NoTls)
             .map_err(backend)?;
+        client.batch_execute(SESSION_SETTINGS).map_err(backend)?;
         Ok(client)
     }
 }
 
-/// A client that is dropped on a thread of its own: the blocking client owns a small
-/// runtime, which must not be dropped on an async thread (the store may be dropped on
-/// one).
-pub struct OwnedClient(Option<Client>);
+/// A value that is dropped on a thread of its own when it would be dropped on an async
+/// thread: a blocking client owns a small runtime, and a runtime must not be dropped
+/// there (the store may be dropped on one).
+pub struct OffRuntime<T: Send + 'static>(Option<T>);
 
-impl OwnedClient {
-    pub fn new(client: Client) -> Self {
-        Self(Some(client))
+impl<T: Send + 'static> OffRuntime<T> {
+    pub fn new(value: T) -> Self {
+        Self(Some(value))
     }
 }
 
-impl std::ops::Deref for OwnedClient {
-    type Target = Client;
-    fn deref(&self) -> &Client {
+impl<T: Send + 'static> std::ops::Deref for OffRuntime<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
         self.0.as_ref().expect("present until dropped")
     }
 }
 
-impl std::ops::DerefMut for OwnedClient {
-    fn deref_mut(&mut self) -> &mut Client {
+impl<T: Send + 'static> std::ops::DerefMut for OffRuntime<T> {
+    fn deref_mut(&mut self) -> &mut T {
         self.0.as_mut().expect("present until dropped")
     }
 }
 
-impl Drop for OwnedClient {
+impl<T: Send + 'static> Drop for OffRuntime<T> {
     fn drop(&mut self) {
-        if let Some(client) = self.0.take() {
+        if let Some(value) = self.0.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
                 let _ = std::thread::Builder::new()
                     .name("qtask-pg-close".into())
-                    .spawn(move || drop(client));
+                    .spawn(move || drop(value));
             }
         }
     }
 }
 
 pub struct PgConn {
-    client: OwnedClient,
-    statements: HashMap<String, Statement>,
-    /// Set on the writer's connection: what it needs to reconnect, lock and notify.
-    target: Option<Target>,
+    client: OffRuntime<Client>,
+    statements: Statements,
 }
 
 impl PgConn {
     pub fn new(client: Client) -> Self {
         Self {
-            client: OwnedClient::new(client),
-            statements: HashMap::new(),
-            target: None,
+            client: OffRuntime::new(client),
+            statements: Statements::default(),
         }
-    }
-
-    /// The writer's connection: it takes the cluster-wide write lock in every batch and
-    /// reconnects when the server went away.
-    pub fn writer(target: Target) -> StoreResult<Self> {
-        let mut conn = Self::new(target.connect()?);
-        conn.target = Some(target);
-        Ok(conn)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -118,26 +111,80 @@ impl PgConn {
 
     fn statement(&mut self, sql: &str) -> StoreResult<Statement> {
         if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
+            return Ok(statement);
         }
         let statement = self
             .client
             .prepare(&numbered_for_postgres(sql))
             .map_err(backend)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+/// The statements a connection has prepared, by the store's SQL text.
+#[derive(Default)]
+pub struct Statements(HashMap<String, Statement>);
+
+impl Statements {
+    pub fn get(&self, sql: &str) -> Option<Statement> {
+        self.0.get(sql).cloned()
+    }
+
+    pub fn insert(&mut self, sql: &str, statement: Statement) {
         // Listings put their page in the text: keep the cache bounded (dropping a
         // statement closes it on the server).
-        if self.statements.len() >= STATEMENT_CACHE {
-            self.statements.clear();
+        if self.0.len() >= STATEMENT_CACHE {
+            self.0.clear();
         }
-        self.statements.insert(sql.to_owned(), statement.clone());
-        Ok(statement)
+        self.0.insert(sql.to_owned(), statement);
+    }
+
+    /// Forgets every statement: the connection they were prepared on is gone.
+    pub fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
 /// A statement argument bound to a PostgreSQL parameter of whatever type the server
 /// inferred for it.
 #[derive(Debug)]
-struct Arg<'a>(&'a Value<'a>);
+pub struct Arg<'a>(pub &'a Value<'a>);
+
+/// An argument that outlives the call that gave it: a pipelined statement's.
+#[derive(Debug)]
+pub struct OwnedArg(pub Value<'static>);
+
+impl OwnedArg {
+    pub fn all(args: &[Value<'_>]) -> Vec<Self> {
+        args.iter()
+            .map(|value| {
+                Self(match value {
+                    Value::Text(text) => Value::Text(text.clone().into_owned().into()),
+                    Value::Null => Value::Null,
+                    Value::Int(n) => Value::Int(*n),
+                    Value::Real(x) => Value::Real(*x),
+                })
+            })
+            .collect()
+    }
+}
+
+impl ToSql for OwnedArg {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        Arg(&self.0).to_sql(ty, out)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
 
 impl ToSql for Arg<'_> {
     fn to_sql(
@@ -174,6 +221,18 @@ impl ToSql for Arg<'_> {
     }
 
     to_sql_checked!();
+}
+
+/// Rows as the store reads them.
+pub fn store_rows(rows: &[postgres::Row]) -> StoreResult<Vec<Row>> {
+    rows.iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| column(row, i))
+                .collect::<StoreResult<Vec<_>>>()
+                .map(Row)
+        })
+        .collect()
 }
 
 fn column(row: &postgres::Row, index: usize) -> StoreResult<Value<'static>> {
@@ -232,63 +291,12 @@ impl Db for PgConn {
         let params: Vec<&(dyn ToSql + Sync)> =
             args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
         let rows = self.client.query(&statement, &params).map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                (0..row.len())
-                    .map(|i| column(row, i))
-                    .collect::<StoreResult<Vec<_>>>()
-                    .map(Row)
-            })
-            .collect()
+        store_rows(&rows)
     }
 
     fn control(&mut self, sql: &str) -> StoreResult<()> {
         // The simple protocol: one round trip, where a prepared statement takes two.
         self.client.batch_execute(sql).map_err(backend)
-    }
-}
-
-impl WriteConn for PgConn {
-    /// Always durable: on a shared database a lost claim could give its fencing token
-    /// again while the node that drew it still runs the task.
-    fn begin(&mut self, _sync: bool) -> StoreResult<()> {
-        let target = self
-            .target
-            .clone()
-            .ok_or_else(|| StoreError::Backend("not the writer's connection".into()))?;
-        if self.client.is_closed() {
-            tracing::warn!("the store's write connection was lost; reconnecting");
-            self.client = OwnedClient::new(target.connect()?);
-            self.statements.clear();
-        }
-        // Batches of all nodes take turns: see the writer's module documentation.
-        self.control(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({})",
-            target.lock_key
-        ))
-    }
-
-    fn commit(&mut self) -> StoreResult<()> {
-        self.control("COMMIT")
-    }
-
-    fn rollback(&mut self) {
-        let _ = self.control("ROLLBACK");
-    }
-
-    fn shared(&self) -> bool {
-        true
-    }
-
-    fn notify_ready(&mut self) -> StoreResult<()> {
-        let Some(target) = self.target.clone() else {
-            return Ok(());
-        };
-        self.execute(
-            "SELECT pg_notify(?1, ?2)",
-            &[Value::from(target.channel), Value::from(target.node)],
-        )?;
-        Ok(())
     }
 }
 

@@ -21,8 +21,9 @@
 mod cluster;
 mod conn;
 mod migrations;
+mod writer;
 
-use conn::{backend, channel_for, PgConn, ReadConnections, Target};
+use conn::{backend, channel_for, ReadConnections, Target};
 use qtask_store::{StoreError, StoreResult};
 use qtask_store_sql::SqlStore;
 use std::sync::Arc;
@@ -53,7 +54,11 @@ pub fn open(url: &str) -> StoreResult<PostgresStore> {
         .build(ReadConnections(target.clone()))
         .map_err(|e| StoreError::Backend(format!("cannot open read connections: {e}")))?;
     let cluster = cluster::PgCluster::start(target.clone())?;
-    SqlStore::new(PgConn::writer(target)?, readers, Some(Arc::new(cluster)))
+    SqlStore::new(
+        writer::PgWriter::connect(target)?,
+        readers,
+        Some(Arc::new(cluster)),
+    )
 }
 
 /// Applies the migrations the database lacks; returns the schema version.
@@ -63,7 +68,7 @@ pub fn migrate(url: &str) -> StoreResult<u32> {
 }
 
 fn connect(url: &str) -> StoreResult<(Target, postgres::Client)> {
-    let mut config: postgres::Config = url
+    let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}")))?;
     if config.get_connect_timeout().is_none() {

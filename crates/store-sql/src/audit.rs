@@ -28,7 +28,7 @@ fn entry_from_row(row: &Row) -> StoreResult<AuditEntry> {
 }
 
 pub fn append(db: &mut dyn Db, entry: &AuditEntry) -> StoreResult<()> {
-    db.execute(
+    db.send(
         "INSERT INTO audit_log (account_id, at, secret_id, source, action, resources, code, request_ids)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         args![

@@ -204,7 +204,7 @@ fn insert(db: &mut dyn Db, claim: &NonceClaim) -> StoreResult<Option<i64>> {
 
 /// Keeps the answer of the request whose nonce is in `row`, for its resends.
 pub fn store_answer(db: &mut dyn Db, row: i64, answer: &str) -> StoreResult<()> {
-    db.execute(
+    db.send(
         "UPDATE nonces SET answer = ?2 WHERE id = ?1",
         args![row, answer],
     )?;

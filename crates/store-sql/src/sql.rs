@@ -199,8 +199,20 @@ pub trait Db {
     fn query(&mut self, sql: &str, args: &[Value<'_>]) -> StoreResult<Vec<Row>>;
     /// Runs transaction control: a statement without arguments or rows, which a backend
     /// may keep prepared since the writer runs the same few all the time. (PostgreSQL's
-    /// also takes several statements separated by `;`, in one round trip.)
+    /// also takes several statements separated by `;`, in one round trip.) A backend may
+    /// pipeline it like [`Db::send`].
     fn control(&mut self, sql: &str) -> StoreResult<()>;
+    /// Runs a statement whose outcome the caller does not read. A backend may send it
+    /// without waiting for its answer (PostgreSQL pipelines it); its error then surfaces
+    /// at the next `execute`, `query` or [`Db::flush`]. It still runs in order: later
+    /// statements see what it did.
+    fn send(&mut self, sql: &str, args: &[Value<'_>]) -> StoreResult<()> {
+        self.execute(sql, args).map(drop)
+    }
+    /// Waits for every statement sent; returns the first error among them.
+    fn flush(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 impl dyn Db + '_ {

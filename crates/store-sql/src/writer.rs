@@ -73,7 +73,7 @@ impl Counter {
 
     fn persist(&self, db: &mut dyn Db) -> StoreResult<()> {
         if self.next != self.persisted {
-            db.execute(
+            db.send(
                 "UPDATE meta SET value = ?2 WHERE key = ?1",
                 args![self.key, self.next],
             )?;
@@ -108,10 +108,21 @@ impl WriterState {
         })
     }
 
-    /// Reads the counters again: other nodes may have moved them.
+    /// Reads the counters again, in one query: other nodes may have moved them.
     fn reload_counters(&mut self, db: &mut dyn Db) -> StoreResult<()> {
-        self.ids = Counter::load(db, "next_id")?;
-        self.fences = Counter::load(db, "next_fence")?;
+        let values: Vec<(String, u64)> = db.query_all(
+            "SELECT key, value FROM meta WHERE key IN (?1, ?2)",
+            args![self.ids.key, self.fences.key],
+            |r: &Row| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        for counter in [&mut self.ids, &mut self.fences] {
+            let (_, next) = values
+                .iter()
+                .find(|(key, _)| key == counter.key)
+                .ok_or_else(|| StoreError::Backend(format!("no {} in meta", counter.key)))?;
+            counter.next = *next;
+            counter.persisted = *next;
+        }
         Ok(())
     }
 
@@ -255,14 +266,17 @@ impl WriterHandle {
     }
 }
 
-/// Runs `op`, turning a panic into an error.
+/// Runs `op`, turning a panic into an error, and waits for the statements it sent: a
+/// job is done only once the database has answered all of them.
 fn guarded<T>(
     db: &mut dyn Db,
     state: &mut WriterState,
     op: impl FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    catch_unwind(AssertUnwindSafe(|| op(db, state)))
-        .unwrap_or_else(|_| Err(StoreError::Backend("a store operation panicked".into())))
+    let result = catch_unwind(AssertUnwindSafe(|| op(&mut *db, state)))
+        .unwrap_or_else(|_| Err(StoreError::Backend("a store operation panicked".into())));
+    let flushed = db.flush();
+    result.and_then(|value| flushed.map(|()| value))
 }
 
 fn in_savepoint<T>(

@@ -116,7 +116,7 @@ fn submit_tasks(
         outcomes,
     };
     if let Some(group) = report.group {
-        db.execute(
+        db.send(
             "INSERT INTO task_groups (id, account_id, action, created_at) VALUES (?1, ?2, ?3, ?4)",
             args![group.get() as i64, account.0, action, now],
         )?;
@@ -124,7 +124,7 @@ fn submit_tasks(
     let answer = answer(&report);
     nonces::store_answer(db, nonce_row, &answer)?;
     if let Some(key) = &idempotency {
-        db.execute(
+        db.send(
             "INSERT INTO client_tokens (account_id, token, fingerprint, answer, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (account_id, token) DO UPDATE SET fingerprint = excluded.fingerprint,
@@ -224,14 +224,14 @@ fn plan_one(
     let task_id = task.get() as i64;
     match &planned.target {
         Target::Existing { id, .. } if waits => {
-            db.execute(
+            db.send(
                 "UPDATE resources SET last_task = ?2 WHERE id = ?1",
                 args![id.as_str(), task_id],
             )?;
         }
         Target::Existing { id, .. } => {
             let shown = planned.effect.transitional.as_ref().unwrap_or(&prior_state);
-            db.execute(
+            db.send(
                 "UPDATE resources SET state = ?2, active_task = ?3, last_task = ?3, updated_at = ?4
                  WHERE id = ?1",
                 args![id.as_str(), shown.as_str(), task_id, now],
@@ -254,7 +254,7 @@ args![new.id.as_str(),
             }
         }
     }
-    db.execute(
+    db.send(
 "INSERT INTO tasks (id, account_id, group_id, action, resource_id, region, params, effect, prior_state, state, created_at, allowed)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'QUEUED', ?10, ?11)",
 args![task_id,
@@ -414,7 +414,7 @@ pub fn complete(
     };
     if found.state != "RUNNING" || found.fence != fence as i64 {
         // A worker whose lease was taken over: its outcome must not count.
-        db.execute(
+        db.send(
             "UPDATE meta SET value = value + 1 WHERE key = 'fenced_completions'",
             args![],
         )?;
@@ -433,7 +433,7 @@ pub fn complete(
         other => other,
     };
     if let TaskOutcome::Retry { error, not_before } = outcome {
-        db.execute(
+        db.send(
             "UPDATE tasks SET state = 'QUEUED', not_before = ?2, error_code = ?3,
                  error_message = ?4, lease_owner = NULL, lease_expires_at = NULL
              WHERE id = ?1",
@@ -489,7 +489,7 @@ fn finish(
         Ending::Succeeded(result) => (None, result.as_ref().map(Value::to_string)),
         Ending::Failed(error) | Ending::Canceled(error) => (Some(error), None),
     };
-    db.execute(
+    db.send(
         "UPDATE tasks SET state = ?2, finished_at = ?3, error_code = ?4, error_message = ?5,
              result = ?6, lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
          WHERE id = ?1",
@@ -597,11 +597,11 @@ fn advance_queue(
         }
         let effect = effect_from_json(&effect)?;
         let shown = effect.transitional.map_or(current.clone(), |s| s.0);
-        db.execute(
+        db.send(
             "UPDATE resources SET state = ?2, active_task = ?3, updated_at = ?4 WHERE id = ?1",
             args![resource, shown, next, now],
         )?;
-        db.execute(
+        db.send(
             "UPDATE tasks SET prior_state = ?2 WHERE id = ?1",
             args![next, current],
         )?;
@@ -620,7 +620,7 @@ fn end_waiting(
     message: &str,
     now: UnixMillis,
 ) -> StoreResult<()> {
-    db.execute(
+    db.send(
         "UPDATE tasks SET state = ?2, finished_at = ?3, error_code = ?4, error_message = ?5
          WHERE id = ?1",
         args![
@@ -658,7 +658,7 @@ fn requeue(db: &mut dyn Db, task: &Unfinished, now: UnixMillis) -> StoreResult<V
         ));
         return finish(db, task, ending, now);
     }
-    db.execute(
+    db.send(
         "UPDATE tasks SET state = 'QUEUED', not_before = ?2, lease_owner = NULL,
              lease_expires_at = NULL
          WHERE id = ?1",
@@ -770,7 +770,7 @@ pub fn cancel(
             .ok_or_else(|| StoreError::Backend(format!("task {task} vanished")))?;
         let outcome = match found.state.as_str() {
             "RUNNING" => {
-                db.execute(
+                db.send(
                     "UPDATE tasks SET cancel_requested = 1 WHERE id = ?1",
                     args![task],
                 )?;
@@ -828,7 +828,7 @@ pub fn purge(
     let mut watermarks: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
     let mut groups: Vec<i64> = Vec::new();
     for (task, account, group) in &finished {
-        db.execute("DELETE FROM tasks WHERE id = ?1", args![task])?;
+        db.send("DELETE FROM tasks WHERE id = ?1", args![task])?;
         let mark = watermarks.entry(*account).or_default();
         *mark = (*mark).max(*task).max(group.unwrap_or(0));
         if let Some(group) = group {
@@ -846,7 +846,7 @@ pub fn purge(
         report.groups += deleted;
     }
     for (account, purged) in watermarks {
-        db.execute(
+        db.send(
 "UPDATE accounts SET purged_up_to = CASE WHEN purged_up_to > ?2 THEN purged_up_to ELSE ?2 END
          WHERE id = ?1",
 args![account, purged])?;
@@ -1024,7 +1024,7 @@ pub fn reseal_keys(
     let mut changed = 0;
     for (secret_id, stored) in rows {
         if let Some(sealed) = reseal(&secret_id, &stored).map_err(StoreError::Backend)? {
-            db.execute(
+            db.send(
                 "UPDATE api_keys SET secret_key = ?2 WHERE secret_id = ?1",
                 args![secret_id, sealed],
             )?;
