@@ -189,15 +189,24 @@ pub fn queue_summary(db: &mut dyn Db, now: UnixMillis) -> StoreResult<QueueSumma
     })
 }
 
-pub fn api_key(db: &mut dyn Db, secret_id: &SecretId) -> StoreResult<Option<ApiKey>> {
-    db.query_opt(
-&format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.secret_id = ?1"),
-args![secret_id.as_str()],
-key_from_row)
+/// The columns [`key_from_row`] reads, as a literal for `concat!`.
+macro_rules! key_columns {
+    () => {
+        "k.secret_id, k.secret_key, k.account_id, a.name, k.enabled, k.created_at, \
+         k.allowed_actions, k.allowed_resources, k.read_only, k.rate_per_second, k.rate_burst, \
+         k.is_main, a.blocked"
+    };
 }
 
-const KEY_COLUMNS: &str = "k.secret_id, k.secret_key, k.account_id, a.name, k.enabled, k.created_at, \
-     k.allowed_actions, k.allowed_resources, k.read_only, k.rate_per_second, k.rate_burst, k.is_main, a.blocked";
+pub fn api_key(db: &mut dyn Db, secret_id: &SecretId) -> StoreResult<Option<ApiKey>> {
+    // Every call reads its key: the statement text is a constant, not formatted each time.
+    const SQL: &str = concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.secret_id = ?1"
+    );
+    db.query_opt(SQL, args![secret_id.as_str()], key_from_row)
+}
 
 fn key_from_row(row: &Row) -> StoreResult<ApiKey> {
     let list = |index: usize| -> StoreResult<Option<Vec<String>>> {
@@ -235,7 +244,12 @@ fn key_from_row(row: &Row) -> StoreResult<ApiKey> {
 
 pub fn keys(db: &mut dyn Db) -> StoreResult<Vec<ApiKey>> {
     db.query_all(
-        &format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id ORDER BY k.created_at, k.secret_id"),
+        concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys k JOIN accounts a ON a.id = k.account_id",
+            " ORDER BY k.created_at, k.secret_id"
+        ),
         args![],
         key_from_row,
     )
