@@ -258,7 +258,7 @@ impl WriteConn for PgWriter {
     }
 
     fn rollback(&mut self) {
-        let _ = self.wait();
+        // Behind whatever is unanswered: ROLLBACK works in an aborted transaction too.
         let _ = self.control("ROLLBACK");
         let _ = self.wait();
     }
