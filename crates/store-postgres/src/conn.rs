@@ -105,10 +105,6 @@ impl PgConn {
         self.client.is_closed()
     }
 
-    pub fn client(&mut self) -> &mut Client {
-        &mut self.client
-    }
-
     fn statement(&mut self, sql: &str) -> StoreResult<Statement> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement);
@@ -149,7 +145,7 @@ impl Statements {
 /// A statement argument bound to a PostgreSQL parameter of whatever type the server
 /// inferred for it.
 #[derive(Debug)]
-pub struct Arg<'a>(pub &'a Value<'a>);
+struct Arg<'a>(&'a Value<'a>);
 
 /// An argument that outlives the call that gave it: a pipelined statement's.
 #[derive(Debug)]
