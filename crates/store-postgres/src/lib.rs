@@ -21,6 +21,7 @@
 mod cluster;
 mod conn;
 mod migrations;
+mod statistics;
 mod writer;
 
 use conn::{backend, channel_for, ReadConnections, Target};

@@ -12,6 +12,7 @@
 use crate::conn::{
     backend, store_rows, OffRuntime, OwnedArg, Statements, Target, SESSION_SETTINGS,
 };
+use crate::statistics::FirstStatistics;
 use postgres::types::ToSql;
 use postgres::{NoTls, Statement};
 use qtask_store::{StoreError, StoreResult};
@@ -81,6 +82,8 @@ pub struct PgWriter {
     /// A transaction-control statement failed in the open transaction.
     control_failed: bool,
     target: Target,
+    /// Taken out while it runs (it uses the writer).
+    first_statistics: Option<FirstStatistics>,
 }
 
 impl PgWriter {
@@ -91,6 +94,7 @@ impl PgWriter {
             sent: Vec::new(),
             control_failed: false,
             target,
+            first_statistics: Some(FirstStatistics::new()),
         })
     }
 
@@ -267,6 +271,15 @@ impl WriteConn for PgWriter {
         true
     }
 
+    fn after_batch(&mut self) {
+        if let Some(mut statistics) = self.first_statistics.take() {
+            if let Err(error) = statistics.check(self) {
+                tracing::warn!(%error, "cannot give the young store's tables their first statistics");
+            }
+            self.first_statistics = Some(statistics);
+        }
+    }
+
     fn notify_ready(&mut self) -> StoreResult<()> {
         let (channel, node) = (self.target.channel.clone(), self.target.node.clone());
         self.send(
@@ -369,5 +382,51 @@ mod tests {
         w.begin(true).unwrap();
         w.commit().expect("the next batch starts clean");
         assert_eq!(stored(&mut w), []);
+    }
+    fn reltuples(writer: &mut PgWriter, table: &str) -> f64 {
+        let rows = writer.query(
+            "SELECT reltuples::text FROM pg_class WHERE oid = to_regclass(?1)",
+            args![table],
+        );
+        let text: String = rows.expect("read")[0].get(0).expect("reltuples");
+        text.parse().expect("a number")
+    }
+
+    #[test]
+    fn a_young_busy_table_gets_its_first_statistics_once_it_holds_a_few_pages() {
+        let (_schema, mut w) = writer();
+        let fill = |w: &mut PgWriter, table: &str| {
+            w.execute(
+                &format!("INSERT INTO {table} SELECT g, g FROM generate_series(1, 5000) g"),
+                args![],
+            )
+            .expect("fill")
+        };
+        w.execute(
+            "CREATE TABLE tasks (id BIGINT PRIMARY KEY, v BIGINT)",
+            args![],
+        )
+        .unwrap();
+        w.execute("INSERT INTO tasks VALUES (1, 1)", args![])
+            .unwrap();
+        w.after_batch();
+        assert_eq!(reltuples(&mut w, "tasks"), -1.0, "one row: too early");
+        fill(&mut w, "t");
+        w.execute("DELETE FROM tasks", args![]).unwrap();
+        fill(&mut w, "tasks");
+        w.after_batch();
+        assert_eq!(
+            reltuples(&mut w, "tasks"),
+            -1.0,
+            "at most one look a second"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        w.after_batch();
+        assert_eq!(reltuples(&mut w, "tasks"), 5000.0, "analyzed");
+        assert_eq!(
+            reltuples(&mut w, "t"),
+            -1.0,
+            "not a table of the store's hot path"
+        );
     }
 }

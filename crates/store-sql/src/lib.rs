@@ -8,6 +8,7 @@
 //! against.
 
 mod audit;
+mod claims;
 mod nonces;
 mod reads;
 mod sealing;
@@ -63,6 +64,8 @@ pub type AfterReseal = Box<dyn Fn() -> StoreResult<()> + Send + Sync>;
 /// The store over a backend's write connection and read pool `M`.
 pub struct SqlStore<M: r2d2::ManageConnection> {
     writer: WriterHandle,
+    /// Claims waiting to share a writer job.
+    claims: claims::Claims,
     readers: r2d2::Pool<M>,
     /// Seals SecretKeys before they are written and opens them when read; without it
     /// keys are stored as given (tests of the store alone).
@@ -87,6 +90,7 @@ where
     ) -> StoreResult<Self> {
         Ok(Self {
             writer: WriterHandle::spawn(writer)?,
+            claims: claims::Claims::default(),
             readers,
             master_key: None,
             cluster,
@@ -287,17 +291,7 @@ where
     }
 
     async fn claim(&self, task: RequestId, lease: Lease) -> StoreResult<Option<ClaimedTask>> {
-        // Lazy: a claim a power failure loses leaves its task QUEUED, to run again after
-        // the restart, as a claimed task whose run the failure cut would (the restart
-        // takes its own RUNNING tasks back). Its completion commits durably, and with it
-        // every earlier write. Atomic: one statement (see `writes::claim`).
-        let mode = WriteMode {
-            atomic: true,
-            lazy: true,
-        };
-        self.writer
-            .write_with(mode, move |db, s| writes::claim(db, s, task, &lease))
-            .await
+        self.claims.claim(&self.writer, task, lease).await
     }
 
     async fn renew(

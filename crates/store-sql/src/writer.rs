@@ -236,6 +236,24 @@ impl WriterHandle {
         F: FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        self.enqueue(mode, op, move |result| {
+            let _ = reply.send(result);
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store writer stopped".into()))?
+    }
+
+    /// Queues `op` for the next group commit, as `mode` allows. Once the batch has
+    /// committed or failed, `answer` gets `op`'s result (or the batch's error) on the
+    /// writer's thread — also when `op` never ran because the transaction did not start.
+    /// An error: the store is closed, and `answer` is not called.
+    pub fn enqueue<T, F, A>(&self, mode: WriteMode, op: F, answer: A) -> StoreResult<()>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T> + Send + 'static,
+        A: FnOnce(StoreResult<T>) + Send + 'static,
+    {
         let job: Job = Box::new(move |db, state, run| {
             let result = match run {
                 Run::Not => Err(StoreError::Backend(
@@ -247,7 +265,7 @@ impl WriterHandle {
             };
             let failed = result.is_err();
             let finish: Finish = Box::new(move |commit| {
-                let _ = reply.send(match commit {
+                answer(match commit {
                     Ok(()) => result,
                     Err(e) => Err(e.clone()),
                 });
@@ -259,10 +277,7 @@ impl WriterHandle {
                 job,
                 sync: !mode.lazy,
             })
-            .map_err(|_| StoreError::Backend("the store is closed".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Backend("the store writer stopped".into()))?
+            .map_err(|_| StoreError::Backend("the store is closed".into()))
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::args;
 use crate::nonces::{self, Claimed};
 use crate::reads::{running_task_columns, stored_id, task_from_row, TASK_BY_ID_SQL};
-use crate::sql::{Db, Row};
+use crate::sql::{Db, Row, Value as SqlValue};
 use crate::writer::WriterState;
 use qtask_core::{
     AccountId, Effect, Rejection, RequestId, ResourceState, SecretId, TaskError, TaskState,
@@ -271,50 +271,111 @@ args![task_id,
     Ok(Ok((task, !waits)))
 }
 
-/// One statement, so a claim that fails has changed nothing and needs no savepoint:
-/// only the head of its resource's queue, and only once its backoff has passed; it
-/// answers with the claimed task and its resource's attributes.
-const CLAIM: &str = concat!(
-    "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
-         started_at = COALESCE(started_at, ?2), lease_owner = ?3,
-         lease_expires_at = ?4, fence = ?5
-     WHERE id = ?1 AND state = 'QUEUED' AND not_before <= ?2
-       AND id = (SELECT active_task FROM resources r WHERE r.id = tasks.resource_id)
-     RETURNING ",
-    running_task_columns!(),
-    ", (SELECT attrs FROM resources r WHERE r.id = tasks.resource_id)"
-);
+/// The most claims one statement makes (5 arguments each).
+const CLAIMS_PER_STATEMENT: usize = 256;
 
-pub fn claim(
-    db: &mut dyn Db,
-    state: &mut WriterState,
-    task: RequestId,
-    lease: &Lease,
-) -> StoreResult<Option<ClaimedTask>> {
-    let fence = state.allocate_fence();
-    let claimed = db.query_opt(
-        CLAIM,
-        args![
-            task.get() as i64,
-            lease.now,
-            lease.owner,
-            lease.expires_at,
-            fence as i64
-        ],
-        |r: &Row| Ok((task_from_row(r)?, r.get::<String>(RESOURCE_ATTRS_COLUMN)?)),
-    )?;
-    claimed
-        .map(|(record, attrs)| {
-            Ok(ClaimedTask {
-                task: record,
-                fence,
-                resource_attrs: parse_object(&attrs)?,
+/// The claim statement for `rows` claims (a power of two: a few statements cover every
+/// count, so each stays prepared). One statement, so a claim that fails has changed
+/// nothing and needs no savepoint: only the head of its resource's queue, and only once
+/// its backoff has passed; it answers each claimed task and its resource's attributes.
+/// Row `i` of the `VALUES` holds the claim's task, time, owner, lease expiry and fence.
+fn claim_sql(rows: usize) -> &'static str {
+    static STATEMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let statements = STATEMENTS.get_or_init(|| {
+        (0..=CLAIMS_PER_STATEMENT.trailing_zeros())
+            .map(|power| {
+                let values = (0..1usize << power)
+                    .map(|row| {
+                        let n = row * 5;
+                        format!(
+                            "(CAST(?{} AS BIGINT), CAST(?{} AS BIGINT), CAST(?{} AS TEXT), \
+                             CAST(?{} AS BIGINT), CAST(?{} AS BIGINT))",
+                            n + 1,
+                            n + 2,
+                            n + 3,
+                            n + 4,
+                            n + 5
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
+                         started_at = COALESCE(started_at, v.column2), lease_owner = v.column3,
+                         lease_expires_at = v.column4, fence = v.column5
+                     FROM (VALUES {values}) AS v
+                     WHERE tasks.id = v.column1 AND tasks.state = 'QUEUED'
+                       AND tasks.not_before <= v.column2
+                       AND tasks.id = (SELECT active_task FROM resources r
+                                       WHERE r.id = tasks.resource_id)
+                     RETURNING {}, (SELECT attrs FROM resources r WHERE r.id = tasks.resource_id)",
+                    running_task_columns!()
+                )
             })
-        })
-        .transpose()
+            .collect()
+    });
+    &statements[rows.next_power_of_two().trailing_zeros() as usize]
 }
 
-/// Where [`CLAIM`] answers the resource's attributes: after the task's columns.
+/// Claims each task of `claims` under its lease, in as few statements as it takes;
+/// answers in the same order, `None` for a task that is not claimable (a task named
+/// twice is claimed at most once, by its first claim).
+pub fn claim_many(
+    db: &mut dyn Db,
+    state: &mut WriterState,
+    claims: &[(RequestId, Lease)],
+) -> StoreResult<Vec<Option<ClaimedTask>>> {
+    let mut answers: Vec<Option<ClaimedTask>> = Vec::with_capacity(claims.len());
+    let mut fences = std::collections::HashMap::with_capacity(claims.len());
+    let mut rows = Vec::with_capacity(claims.len());
+    for (index, (task, lease)) in claims.iter().enumerate() {
+        answers.push(None);
+        if let std::collections::hash_map::Entry::Vacant(entry) = fences.entry(task.get() as i64) {
+            entry.insert((index, state.allocate_fence()));
+            rows.push((task.get() as i64, lease));
+        }
+    }
+    for chunk in rows.chunks(CLAIMS_PER_STATEMENT) {
+        let mut values: Vec<SqlValue<'_>> = Vec::with_capacity(chunk.len().next_power_of_two() * 5);
+        for &(task, lease) in chunk {
+            let (_, fence) = fences[&task];
+            values.extend([
+                task.into(),
+                lease.now.into(),
+                lease.owner.as_str().into(),
+                lease.expires_at.into(),
+                fence.into(),
+            ]);
+        }
+        // Rows that match nothing (task IDs start at 1) fill the statement's shape.
+        while values.len() < chunk.len().next_power_of_two() * 5 {
+            values.extend([
+                0i64.into(),
+                0i64.into(),
+                "".into(),
+                0i64.into(),
+                0i64.into(),
+            ]);
+        }
+        for row in db.query(claim_sql(chunk.len()), &values)? {
+            let task = task_from_row(&row)?;
+            let (index, fence) = fences
+                .get(&(task.id.get() as i64))
+                .copied()
+                .ok_or_else(|| {
+                    StoreError::Backend(format!("claimed task {} was not asked for", task.id))
+                })?;
+            answers[index] = Some(ClaimedTask {
+                task,
+                fence,
+                resource_attrs: parse_object(&row.get::<String>(RESOURCE_ATTRS_COLUMN)?)?,
+            });
+        }
+    }
+    Ok(answers)
+}
+
+/// Where [`claim_sql`] answers the resource's attributes: after the task's columns.
 const RESOURCE_ATTRS_COLUMN: usize = 23;
 
 fn task_by_id(db: &mut dyn Db, task: RequestId) -> StoreResult<TaskRecord> {
@@ -353,53 +414,38 @@ struct Unfinished {
     attempts: u32,
 }
 
+/// The columns of a task that [`Unfinished`] keeps, in the order [`unfinished_from_row`] reads.
+macro_rules! unfinished_columns {
+    () => {
+        "account_id, resource_id, action, effect, prior_state, state, fence, cancel_requested, attempts"
+    };
+}
+
 fn unfinished(db: &mut dyn Db, task: i64) -> StoreResult<Option<Unfinished>> {
-    let row = db.query_opt(
-        "SELECT account_id, resource_id, action, effect, prior_state, state, fence,
-                    cancel_requested, attempts
-             FROM tasks WHERE id = ?1",
+    db.query_opt(
+        concat!(
+            "SELECT ",
+            unfinished_columns!(),
+            " FROM tasks WHERE id = ?1"
+        ),
         args![task],
-        |r| {
-            Ok((
-                r.get::<i64>(0)?,
-                r.get::<String>(1)?,
-                r.get::<String>(2)?,
-                r.get::<String>(3)?,
-                r.get::<String>(4)?,
-                r.get::<String>(5)?,
-                r.get::<i64>(6)?,
-                r.get::<bool>(7)?,
-                r.get::<u32>(8)?,
-            ))
-        },
-    )?;
-    row.map(
-        |(
-            account,
-            resource,
-            action,
-            effect,
-            prior_state,
-            state,
-            fence,
-            cancel_requested,
-            attempts,
-        )| {
-            Ok(Unfinished {
-                id: task,
-                account,
-                resource,
-                action,
-                effect: effect_from_json(&effect)?,
-                prior_state,
-                state,
-                fence,
-                cancel_requested,
-                attempts,
-            })
-        },
+        |r| unfinished_from_row(task, r),
     )
-    .transpose()
+}
+
+fn unfinished_from_row(id: i64, r: &Row) -> StoreResult<Unfinished> {
+    Ok(Unfinished {
+        id,
+        account: r.get(0)?,
+        resource: r.get(1)?,
+        action: r.get(2)?,
+        effect: effect_from_json(&r.get::<String>(3)?)?,
+        prior_state: r.get(4)?,
+        state: r.get(5)?,
+        fence: r.get(6)?,
+        cancel_requested: r.get(7)?,
+        attempts: r.get(8)?,
+    })
 }
 
 pub fn complete(
@@ -409,18 +455,28 @@ pub fn complete(
     outcome: TaskOutcome,
     now: UnixMillis,
 ) -> StoreResult<Completion> {
+    if !matches!(outcome, TaskOutcome::Retry { .. }) {
+        // The common case in one statement: the ending does not depend on the task's row,
+        // so the task is ended and read at once (one round trip less on PostgreSQL).
+        let ending = Ending::from(outcome);
+        let [id, state, at, code, message, result] = ending.values(task.get() as i64, now);
+        let ended = db.query_opt(
+            END_RUNNING_TASK,
+            &[id, state, at, code, message, result, fence.into()],
+            |r| unfinished_from_row(task.get() as i64, r),
+        )?;
+        if let Some(ended) = ended {
+            let runnable = release_resource(db, &ended, ending.state(), now)?;
+            return Ok(Completion::Recorded { runnable });
+        }
+        // Gone, or not this worker's any more: the statement changed nothing.
+        return refuse_completion(db, task, fence);
+    }
     let Some(found) = unfinished(db, task.get() as i64)? else {
         return Err(StoreError::NotFound(format!("task {task}")));
     };
     if found.state != "RUNNING" || found.fence != fence as i64 {
-        // A worker whose lease was taken over: its outcome must not count.
-        db.send(
-            "UPDATE meta SET value = value + 1 WHERE key = 'fenced_completions'",
-            args![],
-        )?;
-        tracing::warn!(%task, fence, current = found.fence, state = found.state,
-            "refused the outcome of a worker that no longer holds the task");
-        return Ok(Completion::Fenced);
+        return refuse_completion(db, task, fence);
     }
     let outcome = match outcome {
         // A cancel asked for while it ran wins over another attempt.
@@ -446,6 +502,42 @@ pub fn complete(
     let runnable = finish(db, &found, Ending::from(outcome), now)?;
     Ok(Completion::Recorded { runnable })
 }
+
+/// The outcome of a worker that no longer holds `task` (its lease was taken over, or
+/// the task is gone): it must not count. A task that is gone is not found.
+fn refuse_completion(db: &mut dyn Db, task: RequestId, fence: Fence) -> StoreResult<Completion> {
+    let Some(found) = unfinished(db, task.get() as i64)? else {
+        return Err(StoreError::NotFound(format!("task {task}")));
+    };
+    db.send(
+        "UPDATE meta SET value = value + 1 WHERE key = 'fenced_completions'",
+        args![],
+    )?;
+    tracing::warn!(%task, fence, current = found.fence, state = found.state,
+        "refused the outcome of a worker that no longer holds the task");
+    Ok(Completion::Fenced)
+}
+
+/// Makes a task final: `?1` the task, then the values of [`Ending::values`].
+macro_rules! end_task_sql {
+    ($condition:literal) => {
+        concat!(
+            "UPDATE tasks SET state = ?2, finished_at = ?3, error_code = ?4, error_message = ?5,
+                 result = ?6, lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
+             WHERE id = ?1",
+            $condition
+        )
+    };
+}
+
+const END_TASK: &str = end_task_sql!("");
+
+/// Ends a task only while it runs under the lease of fence `?7`, and answers its
+/// [`Unfinished`] columns (as the statement left them).
+const END_RUNNING_TASK: &str = concat!(
+    end_task_sql!(" AND state = 'RUNNING' AND fence = ?7 RETURNING "),
+    unfinished_columns!()
+);
 
 /// How an unfinished task ends.
 enum Ending {
@@ -474,6 +566,22 @@ impl Ending {
             Self::Canceled(_) => TaskState::Canceled,
         }
     }
+
+    /// The values of [`END_TASK`] for task `id`, ending at `now`.
+    fn values(&self, id: i64, now: UnixMillis) -> [SqlValue<'_>; 6] {
+        let (error, result) = match self {
+            Self::Succeeded(result) => (None, result.as_ref().map(Value::to_string)),
+            Self::Failed(error) | Self::Canceled(error) => (Some(error), None),
+        };
+        [
+            id.into(),
+            self.state().as_str().into(),
+            now.into(),
+            error.map(|e| e.code).into(),
+            error.map(|e| e.message.as_str()).into(),
+            result.into(),
+        ]
+    }
 }
 
 /// Makes a task final. If it held its resource, applies its effect and moves the
@@ -484,24 +592,18 @@ fn finish(
     ending: Ending,
     now: UnixMillis,
 ) -> StoreResult<Vec<Runnable>> {
-    let state = ending.state();
-    let (error, result) = match &ending {
-        Ending::Succeeded(result) => (None, result.as_ref().map(Value::to_string)),
-        Ending::Failed(error) | Ending::Canceled(error) => (Some(error), None),
-    };
-    db.send(
-        "UPDATE tasks SET state = ?2, finished_at = ?3, error_code = ?4, error_message = ?5,
-             result = ?6, lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
-         WHERE id = ?1",
-        args![
-            task.id,
-            state.as_str(),
-            now,
-            error.map(|e| e.code),
-            error.map(|e| e.message.as_str()),
-            result
-        ],
-    )?;
+    db.send(END_TASK, &ending.values(task.id, now))?;
+    release_resource(db, task, ending.state(), now)
+}
+
+/// After `task` ended in `state`: if it held its resource, applies its effect and
+/// moves the resource's queue on; returns the task that can run next, if any.
+fn release_resource(
+    db: &mut dyn Db,
+    task: &Unfinished,
+    state: TaskState,
+    now: UnixMillis,
+) -> StoreResult<Vec<Runnable>> {
     let succeeded = state == TaskState::Succeeded;
     let final_state = task
         .effect
@@ -525,14 +627,19 @@ fn finish(
     } else {
         None
     };
-    let released = db.execute(
+    let released: Option<Option<i64>> = db.query_opt(
         "UPDATE resources SET state = ?2, active_task = NULL, updated_at = ?5,
              attrs = COALESCE(?3, attrs)
-         WHERE id = ?1 AND active_task = ?4",
+         WHERE id = ?1 AND active_task = ?4 RETURNING last_task",
         args![&task.resource, final_state.as_str(), patched, task.id, now],
+        |r: &Row| r.get(0),
     )?;
-    if released == 0 {
+    let Some(last_task) = released else {
         // It was waiting behind another task: the queue is unchanged.
+        return Ok(Vec::new());
+    };
+    if last_task == Some(task.id) {
+        // No task was submitted on the resource after it: nothing waits (no read).
         return Ok(Vec::new());
     }
     let failure = (state == TaskState::Failed).then(|| {

@@ -4519,6 +4519,65 @@ pub async fn concurrent_claims_have_one_winner(store: Arc<dyn Store>) {
     }
 }
 
+/// Many claims at once, more than one statement of a backend takes (claims may share
+/// statements): each claimable task is claimed once, by its own claim, with a fence of
+/// its own that its record shows; a task that does not exist is not claimed.
+pub async fn concurrent_claims_each_get_their_task_and_fence(store: Arc<dyn Store>) {
+    const TASKS: u32 = 600;
+    let a = account(store.as_ref(), "main").await;
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "RunInstances",
+        true,
+        (1..=TASKS)
+            .map(|n| {
+                creating(
+                    new_resource(&ins(n), KIND, "PENDING", json!({})),
+                    Effect::default(),
+                )
+            })
+            .collect(),
+        T0,
+    );
+    let tasks: Vec<RequestId> = submit_new(store.as_ref(), sub).await.accepted().collect();
+    assert_eq!(tasks.len(), TASKS as usize);
+    let unknown = RequestId::new(tasks.iter().map(|t| t.get()).max().unwrap() + 1_000_000).unwrap();
+    let handles: Vec<_> = tasks
+        .iter()
+        .copied()
+        .chain([unknown])
+        .map(|task| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { (task, store.claim(task, lease(T0 + 1)).await) })
+        })
+        .collect();
+    let mut fences = std::collections::BTreeSet::new();
+    for handle in handles {
+        let (task, result) = handle.await.expect("a claiming task panicked");
+        let claimed = result.expect("claim");
+        if task == unknown {
+            assert!(claimed.is_none(), "a task that does not exist was claimed");
+            continue;
+        }
+        let claimed = claimed.unwrap_or_else(|| panic!("task {task} was not claimed"));
+        assert_eq!(claimed.task.id, task);
+        assert_eq!(claimed.task.run.fence, claimed.fence, "task {task}");
+        assert!(
+            fences.insert(claimed.fence),
+            "fence {} given twice",
+            claimed.fence
+        );
+        let record = must_task(store.as_ref(), a, task).await;
+        assert_eq!(
+            (record.state, record.attempts, record.run.fence),
+            (TaskState::Running, 1, claimed.fence),
+            "task {task}"
+        );
+    }
+    assert_eq!(fences.len(), TASKS as usize);
+}
+
 // ---------------------------------------------------------------------------------------
 // reads
 // ---------------------------------------------------------------------------------------
@@ -5585,6 +5644,7 @@ macro_rules! conformance_tests {
             a_failing_submit_does_not_disturb_concurrent_ones,
             concurrent_submits_on_one_resource_accept_exactly_one,
             concurrent_claims_have_one_winner,
+            concurrent_claims_each_get_their_task_and_fence,
             a_completion_racing_a_rescue_counts_once,
             one_nonce_sent_at_once_by_many_is_fresh_once,
         );
