@@ -76,7 +76,7 @@ impl Claims {
             writes::claim_many(db, state, &claims)
         };
         let waiting = self.waiting.clone();
-        let answer = move |result: StoreResult<Vec<Option<ClaimedTask>>>| {
+        let answer = move |result: StoreResult<Vec<StoreResult<Option<ClaimedTask>>>>| {
             let mut replies = std::mem::take(&mut *lock(&taken));
             if replies.is_empty() {
                 // The job never ran (its transaction did not start): the claims are
@@ -86,7 +86,7 @@ impl Claims {
             match result {
                 Ok(claimed) => {
                     for (reply, claimed) in replies.into_iter().zip(claimed) {
-                        let _ = reply.send(Ok(claimed));
+                        let _ = reply.send(claimed);
                     }
                 }
                 Err(error) => {

@@ -319,17 +319,18 @@ fn claim_sql(rows: usize) -> &'static str {
 
 /// Claims each task of `claims` under its lease, in as few statements as it takes;
 /// answers in the same order, `None` for a task that is not claimable (a task named
-/// twice is claimed at most once, by its first claim).
+/// twice is claimed at most once, by its first claim). A claimed task whose stored
+/// resource cannot be read fails alone: the others' claims stand.
 pub fn claim_many(
     db: &mut dyn Db,
     state: &mut WriterState,
     claims: &[(RequestId, Lease)],
-) -> StoreResult<Vec<Option<ClaimedTask>>> {
-    let mut answers: Vec<Option<ClaimedTask>> = Vec::with_capacity(claims.len());
+) -> StoreResult<Vec<StoreResult<Option<ClaimedTask>>>> {
+    let mut answers: Vec<StoreResult<Option<ClaimedTask>>> = Vec::with_capacity(claims.len());
     let mut fences = std::collections::HashMap::with_capacity(claims.len());
     let mut rows = Vec::with_capacity(claims.len());
     for (index, (task, lease)) in claims.iter().enumerate() {
-        answers.push(None);
+        answers.push(Ok(None));
         if let std::collections::hash_map::Entry::Vacant(entry) = fences.entry(task.get() as i64) {
             entry.insert((index, state.allocate_fence()));
             rows.push((task.get() as i64, lease));
@@ -358,21 +359,22 @@ pub fn claim_many(
             ]);
         }
         for row in db.query(claim_sql(chunk.len()), &values)? {
-            let task = task_from_row(&row)?;
-            let (index, fence) = fences
-                .get(&(task.id.get() as i64))
-                .copied()
-                .ok_or_else(|| {
-                    StoreError::Backend(format!("claimed task {} was not asked for", task.id))
-                })?;
-            answers[index] = Some(ClaimedTask {
-                task,
-                fence,
-                resource_attrs: parse_object(&row.get::<String>(RESOURCE_ATTRS_COLUMN)?)?,
-            });
+            let id: i64 = row.get(0)?;
+            let (index, fence) = fences.get(&id).copied().ok_or_else(|| {
+                StoreError::Backend(format!("claimed task {id} was not asked for"))
+            })?;
+            answers[index] = claimed_from_row(&row, fence).map(Some);
         }
     }
     Ok(answers)
+}
+
+fn claimed_from_row(row: &Row, fence: Fence) -> StoreResult<ClaimedTask> {
+    Ok(ClaimedTask {
+        task: task_from_row(row)?,
+        fence,
+        resource_attrs: parse_object(&row.get::<String>(RESOURCE_ATTRS_COLUMN)?)?,
+    })
 }
 
 /// Where [`claim_sql`] answers the resource's attributes: after the task's columns.
