@@ -294,7 +294,7 @@ fn guarded<T>(
     result.and_then(|value| flushed.map(|()| value))
 }
 
-fn in_savepoint<T>(
+pub(crate) fn in_savepoint<T>(
     db: &mut dyn Db,
     state: &mut WriterState,
     op: impl FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T>,

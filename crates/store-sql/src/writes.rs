@@ -4,7 +4,7 @@ use crate::args;
 use crate::nonces::{self, Claimed};
 use crate::reads::{running_task_columns, stored_id, task_from_row, TASK_BY_ID_SQL};
 use crate::sql::{Db, Row, Value as SqlValue};
-use crate::writer::WriterState;
+use crate::writer::{in_savepoint, WriterState};
 use qtask_core::{
     AccountId, Effect, Rejection, RequestId, ResourceState, SecretId, TaskError, TaskState,
     UnixMillis,
@@ -271,51 +271,93 @@ args![task_id,
     Ok(Ok((task, !waits)))
 }
 
-/// The most claims one statement makes (5 arguments each).
-const CLAIMS_PER_STATEMENT: usize = 256;
-
-/// The claim statement for `rows` claims (a power of two: a few statements cover every
-/// count, so each stays prepared). One statement, so a claim that fails has changed
-/// nothing and needs no savepoint: only the head of its resource's queue, and only once
-/// its backoff has passed; it answers each claimed task and its resource's attributes.
-/// Row `i` of the `VALUES` holds the claim's task, time, owner, lease expiry and fence.
-fn claim_sql(rows: usize) -> &'static str {
-    static STATEMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let statements = STATEMENTS.get_or_init(|| {
-        (0..=CLAIMS_PER_STATEMENT.trailing_zeros())
-            .map(|power| {
-                let values = (0..1usize << power)
-                    .map(|row| {
-                        let n = row * 5;
-                        format!(
-                            "(CAST(?{} AS BIGINT), CAST(?{} AS BIGINT), CAST(?{} AS TEXT), \
-                             CAST(?{} AS BIGINT), CAST(?{} AS BIGINT))",
-                            n + 1,
-                            n + 2,
-                            n + 3,
-                            n + 4,
-                            n + 5
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!(
-                    "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
-                         started_at = COALESCE(started_at, v.column2), lease_owner = v.column3,
-                         lease_expires_at = v.column4, fence = v.column5
-                     FROM (VALUES {values}) AS v
-                     WHERE tasks.id = v.column1 AND tasks.state = 'QUEUED'
-                       AND tasks.not_before <= v.column2
-                       AND tasks.id = (SELECT active_task FROM resources r
-                                       WHERE r.id = tasks.resource_id)
-                     RETURNING {}, (SELECT attrs FROM resources r WHERE r.id = tasks.resource_id)",
-                    running_task_columns!()
-                )
-            })
-            .collect()
-    });
-    &statements[rows.next_power_of_two().trailing_zeros() as usize]
+/// A statement that takes its rows as `(VALUES …) AS v` (columns `v.column1`, …): one
+/// shape per power of two of rows up to [`ROWS_PER_STATEMENT`], so that a few statements,
+/// kept prepared, serve any count.
+struct RowsStatement {
+    /// The SQL type of each column.
+    types: &'static [&'static str],
+    /// The statement, `{}` standing for the `VALUES` list.
+    template: fn(&str) -> String,
+    shapes: std::sync::OnceLock<Vec<String>>,
 }
+
+/// The most rows one statement takes.
+const ROWS_PER_STATEMENT: usize = 128;
+
+impl RowsStatement {
+    const fn new(types: &'static [&'static str], template: fn(&str) -> String) -> Self {
+        Self {
+            types,
+            template,
+            shapes: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn sql(&self, rows: usize) -> &str {
+        let shapes = self.shapes.get_or_init(|| {
+            (0..=ROWS_PER_STATEMENT.trailing_zeros())
+                .map(|power| {
+                    let values = (0..1usize << power)
+                        .map(|row| {
+                            let columns = self.types.iter().enumerate().map(|(column, ty)| {
+                                format!("CAST(?{} AS {ty})", row * self.types.len() + column + 1)
+                            });
+                            format!("({})", columns.collect::<Vec<_>>().join(", "))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    (self.template)(&values)
+                })
+                .collect()
+        });
+        &shapes[rows.next_power_of_two().trailing_zeros() as usize]
+    }
+
+    /// Runs the statement over `rows` (each of `types.len()` values), as many times as it
+    /// takes; `filler` is a row that matches nothing, to fill a shape.
+    fn query(
+        &self,
+        db: &mut dyn Db,
+        rows: &[Vec<SqlValue<'_>>],
+        filler: &[SqlValue<'_>],
+    ) -> StoreResult<Vec<Row>> {
+        let mut answered = Vec::new();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let shape = chunk.len().next_power_of_two();
+            let mut values = Vec::with_capacity(shape * self.types.len());
+            for row in chunk {
+                values.extend(row.iter().cloned());
+            }
+            for _ in chunk.len()..shape {
+                values.extend(filler.iter().cloned());
+            }
+            answered.extend(db.query(self.sql(chunk.len()), &values)?);
+        }
+        Ok(answered)
+    }
+}
+
+/// Claims: row `i` holds a claim's task, time, owner, lease expiry and fence. One
+/// statement, so claims that fail have changed nothing and need no savepoint: only the
+/// head of its resource's queue, and only once its backoff has passed; it answers each
+/// claimed task and its resource's attributes.
+static CLAIMS: RowsStatement = RowsStatement::new(
+    &["BIGINT", "BIGINT", "TEXT", "BIGINT", "BIGINT"],
+    |values| {
+        format!(
+            "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,
+                 started_at = COALESCE(started_at, v.column2), lease_owner = v.column3,
+                 lease_expires_at = v.column4, fence = v.column5
+             FROM (VALUES {values}) AS v
+             WHERE tasks.id = v.column1 AND tasks.state = 'QUEUED'
+               AND tasks.not_before <= v.column2
+               AND tasks.id = (SELECT active_task FROM resources r WHERE r.id = tasks.resource_id)
+             RETURNING {}, (SELECT attrs FROM resources r WHERE r.id = tasks.resource_id)",
+            running_task_columns!()
+        )
+    },
+);
 
 /// Claims each task of `claims` under its lease, in as few statements as it takes;
 /// answers in the same order, `None` for a task that is not claimable (a task named
@@ -324,7 +366,7 @@ fn claim_sql(rows: usize) -> &'static str {
 pub fn claim_many(
     db: &mut dyn Db,
     state: &mut WriterState,
-    claims: &[(RequestId, Lease)],
+    claims: Vec<(RequestId, Lease)>,
 ) -> StoreResult<Vec<StoreResult<Option<ClaimedTask>>>> {
     let mut answers: Vec<StoreResult<Option<ClaimedTask>>> = Vec::with_capacity(claims.len());
     let mut fences = std::collections::HashMap::with_capacity(claims.len());
@@ -332,39 +374,32 @@ pub fn claim_many(
     for (index, (task, lease)) in claims.iter().enumerate() {
         answers.push(Ok(None));
         if let std::collections::hash_map::Entry::Vacant(entry) = fences.entry(task.get() as i64) {
-            entry.insert((index, state.allocate_fence()));
-            rows.push((task.get() as i64, lease));
-        }
-    }
-    for chunk in rows.chunks(CLAIMS_PER_STATEMENT) {
-        let mut values: Vec<SqlValue<'_>> = Vec::with_capacity(chunk.len().next_power_of_two() * 5);
-        for &(task, lease) in chunk {
-            let (_, fence) = fences[&task];
-            values.extend([
-                task.into(),
+            let fence = state.allocate_fence();
+            entry.insert((index, fence));
+            rows.push(vec![
+                task.get().into(),
                 lease.now.into(),
                 lease.owner.as_str().into(),
                 lease.expires_at.into(),
                 fence.into(),
             ]);
         }
-        // Rows that match nothing (task IDs start at 1) fill the statement's shape.
-        while values.len() < chunk.len().next_power_of_two() * 5 {
-            values.extend([
-                0i64.into(),
-                0i64.into(),
-                "".into(),
-                0i64.into(),
-                0i64.into(),
-            ]);
-        }
-        for row in db.query(claim_sql(chunk.len()), &values)? {
-            let id: i64 = row.get(0)?;
-            let (index, fence) = fences.get(&id).copied().ok_or_else(|| {
-                StoreError::Backend(format!("claimed task {id} was not asked for"))
-            })?;
-            answers[index] = claimed_from_row(&row, fence).map(Some);
-        }
+    }
+    // Task IDs start at 1.
+    let filler = [
+        0i64.into(),
+        0i64.into(),
+        "".into(),
+        0i64.into(),
+        0i64.into(),
+    ];
+    for row in CLAIMS.query(db, &rows, &filler)? {
+        let id: i64 = row.get(0)?;
+        let (index, fence) = fences
+            .get(&id)
+            .copied()
+            .ok_or_else(|| StoreError::Backend(format!("claimed task {id} was not asked for")))?;
+        answers[index] = claimed_from_row(&row, fence).map(Some);
     }
     Ok(answers)
 }
@@ -377,7 +412,7 @@ fn claimed_from_row(row: &Row, fence: Fence) -> StoreResult<ClaimedTask> {
     })
 }
 
-/// Where [`claim_sql`] answers the resource's attributes: after the task's columns.
+/// Where [`CLAIMS`] answers the resource's attributes: after the task's columns.
 const RESOURCE_ATTRS_COLUMN: usize = 23;
 
 fn task_by_id(db: &mut dyn Db, task: RequestId) -> StoreResult<TaskRecord> {
@@ -448,6 +483,205 @@ fn unfinished_from_row(id: i64, r: &Row) -> StoreResult<Unfinished> {
         cancel_requested: r.get(7)?,
         attempts: r.get(8)?,
     })
+}
+
+/// A worker's outcome for a task it ran, waiting to be recorded.
+pub struct Completing {
+    pub task: RequestId,
+    pub fence: Fence,
+    pub outcome: TaskOutcome,
+    pub now: UnixMillis,
+}
+
+/// Records each outcome of `completions` as [`complete`] would, in the order given; those
+/// that end running tasks (all but retries) take two statements together, whatever
+/// their number. If recording them together fails, each is recorded alone, in a
+/// savepoint of its own, so that one that cannot be recorded fails alone.
+pub fn complete_many(
+    db: &mut dyn Db,
+    state: &mut WriterState,
+    completions: Vec<Completing>,
+) -> StoreResult<Vec<StoreResult<Completion>>> {
+    let answers = if let [one] = completions.as_slice() {
+        // Alone in its job, which the writer rolls back if it fails.
+        vec![Ok(complete(
+            db,
+            one.task,
+            one.fence,
+            one.outcome.clone(),
+            one.now,
+        )?)]
+    } else {
+        match in_savepoint(db, state, |db, _| complete_together(db, &completions)) {
+            Ok(answers) => answers,
+            Err(error) => {
+                tracing::warn!(%error, completions = completions.len(),
+                    "outcomes could not be recorded together; recording each alone");
+                completions
+                    .iter()
+                    .map(|c| {
+                        in_savepoint(db, state, |db, _| {
+                            complete(db, c.task, c.fence, c.outcome.clone(), c.now)
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+    state.woke_tasks |= answers.iter().any(|answer| {
+        answer
+            .as_ref()
+            .is_ok_and(crate::MakesRunnable::makes_runnable)
+    });
+    Ok(answers)
+}
+
+/// Tasks that end: row `i` holds a task, the fence it must run under, then the values
+/// of [`Ending::values`] but the first. Answers each ended task's [`Unfinished`] columns
+/// (as the statement left them), then its ID.
+static ENDINGS: RowsStatement = RowsStatement::new(
+    &[
+        "BIGINT", "BIGINT", "TEXT", "BIGINT", "BIGINT", "TEXT", "TEXT",
+    ],
+    |values| {
+        format!(
+            "UPDATE tasks SET state = v.column3, finished_at = v.column4, error_code = v.column5,
+                 error_message = v.column6, result = v.column7, lease_owner = NULL,
+                 lease_expires_at = NULL, cancel_requested = 0
+             FROM (VALUES {values}) AS v
+             WHERE tasks.id = v.column1 AND tasks.fence = v.column2 AND tasks.state = 'RUNNING'
+             RETURNING {}, tasks.id",
+            unfinished_columns!()
+        )
+    },
+);
+
+/// Where [`ENDINGS`] answers the task's ID.
+const ENDED_ID_COLUMN: usize = 9;
+
+/// Resources released: row `i` holds the values of [`Release::values`].
+static RELEASES: RowsStatement =
+    RowsStatement::new(&["TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT"], |values| {
+        format!(
+            "UPDATE resources SET state = v.column2, active_task = NULL, updated_at = v.column5,
+                 attrs = COALESCE(v.column3, attrs)
+             FROM (VALUES {values}) AS v
+             WHERE resources.id = v.column1 AND resources.active_task = v.column4
+             RETURNING resources.id, last_task"
+        )
+    });
+
+/// [`complete_many`] for several outcomes: every task that ends is ended in one
+/// statement and every resource they held released in another; retries, a task named
+/// twice and tasks not running under their fence go through [`complete`] after them.
+/// An error other than a task not found fails the lot.
+fn complete_together(
+    db: &mut dyn Db,
+    completions: &[Completing],
+) -> StoreResult<Vec<StoreResult<Completion>>> {
+    use std::collections::{HashMap, HashSet};
+    let mut answers: Vec<Option<StoreResult<Completion>>> =
+        completions.iter().map(|_| None).collect();
+
+    let mut endings: HashMap<i64, (usize, Ending)> = HashMap::new();
+    let mut rows = Vec::new();
+    for (index, c) in completions.iter().enumerate() {
+        let id = c.task.get() as i64;
+        if matches!(c.outcome, TaskOutcome::Retry { .. }) || endings.contains_key(&id) {
+            continue;
+        }
+        let ending = Ending::from(c.outcome.clone());
+        let [_, state, at, code, message, result] = ending.values(id, c.now);
+        let row = vec![
+            id.into(),
+            c.fence.into(),
+            state.into_owned(),
+            at.into_owned(),
+            code.into_owned(),
+            message.into_owned(),
+            result.into_owned(),
+        ];
+        rows.push(row);
+        endings.insert(id, (index, ending));
+    }
+    let filler = [
+        0i64.into(),
+        0i64.into(),
+        "".into(),
+        0i64.into(),
+        SqlValue::Null,
+        SqlValue::Null,
+        SqlValue::Null,
+    ];
+    let mut ended = Vec::new();
+    for row in ENDINGS.query(db, &rows, &filler)? {
+        let id: i64 = row.get(ENDED_ID_COLUMN)?;
+        let (index, ending) = endings
+            .remove(&id)
+            .ok_or_else(|| StoreError::Backend(format!("ended task {id} was not asked for")))?;
+        ended.push((index, unfinished_from_row(id, &row)?, ending.state()));
+    }
+
+    // Each ended task held its resource (it was running); a resource named twice is a
+    // corrupt store, left to `complete` to find.
+    let mut releases = Vec::new();
+    let mut resources = HashSet::new();
+    for (index, task, state) in ended {
+        match plan_release(db, &task, state)? {
+            Some(release) if resources.insert(task.resource.clone()) => {
+                releases.push((index, task, state, release));
+            }
+            Some(_) => {
+                answers[index] = Some(
+                    release_resource(db, &task, state, completions[index].now)
+                        .map(|runnable| Completion::Recorded { runnable }),
+                );
+            }
+            None => {
+                answers[index] = Some(Ok(Completion::Recorded {
+                    runnable: Vec::new(),
+                }))
+            }
+        }
+    }
+    let rows: Vec<Vec<SqlValue<'_>>> = releases
+        .iter()
+        .map(|(index, task, _, release)| release.values(task, completions[*index].now).to_vec())
+        .collect();
+    let filler = [
+        "".into(),
+        "".into(),
+        SqlValue::Null,
+        0i64.into(),
+        0i64.into(),
+    ];
+    let mut released: HashMap<String, Option<i64>> = HashMap::new();
+    for row in RELEASES.query(db, &rows, &filler)? {
+        released.insert(row.get(0)?, row.get(1)?);
+    }
+    drop(rows);
+    for (index, task, state, _) in &releases {
+        let runnable = match released.get(&task.resource) {
+            Some(last_task) => {
+                after_release(db, task, *state, *last_task, completions[*index].now)?
+            }
+            None => Vec::new(),
+        };
+        answers[*index] = Some(Ok(Completion::Recorded { runnable }));
+    }
+
+    completions
+        .iter()
+        .zip(answers)
+        .map(|(c, answer)| match answer {
+            Some(answer) => answer.map(Ok),
+            None => match complete(db, c.task, c.fence, c.outcome.clone(), c.now) {
+                // Found nothing and changed nothing: an answer, not a failure of the lot.
+                Err(StoreError::NotFound(what)) => Ok(Err(StoreError::NotFound(what))),
+                other => other.map(Ok),
+            },
+        })
+        .collect()
 }
 
 pub fn complete(
@@ -606,6 +840,50 @@ fn release_resource(
     state: TaskState,
     now: UnixMillis,
 ) -> StoreResult<Vec<Runnable>> {
+    let Some(release) = plan_release(db, task, state)? else {
+        return Ok(Vec::new());
+    };
+    let released: Option<Option<i64>> = db.query_opt(
+        "UPDATE resources SET state = ?2, active_task = NULL, updated_at = ?5,
+             attrs = COALESCE(?3, attrs)
+         WHERE id = ?1 AND active_task = ?4 RETURNING last_task",
+        &release.values(task, now),
+        |r: &Row| r.get(0),
+    )?;
+    match released {
+        Some(last_task) => after_release(db, task, state, last_task, now),
+        // It was waiting behind another task: the queue is unchanged.
+        None => Ok(Vec::new()),
+    }
+}
+
+/// What releasing a task's resource writes.
+struct Release {
+    final_state: ResourceState,
+    /// The attributes with the task's patch applied, if it has one.
+    patched: Option<String>,
+}
+
+impl Release {
+    /// The values of a release: resource, state, attributes, task, time.
+    fn values<'a>(&'a self, task: &'a Unfinished, now: UnixMillis) -> [SqlValue<'a>; 5] {
+        [
+            task.resource.as_str().into(),
+            self.final_state.as_str().into(),
+            self.patched.as_deref().into(),
+            task.id.into(),
+            now.into(),
+        ]
+    }
+}
+
+/// How `task`, ended in `state`, releases its resource; `None` when it turns out not to
+/// hold it.
+fn plan_release(
+    db: &mut dyn Db,
+    task: &Unfinished,
+    state: TaskState,
+) -> StoreResult<Option<Release>> {
     let succeeded = state == TaskState::Succeeded;
     let final_state = task
         .effect
@@ -621,7 +899,7 @@ fn release_resource(
             |r: &Row| r.get(0),
         )?;
         let Some(attrs) = attrs else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let mut merged = Value::Object(parse_object(&attrs)?);
         json_patch::merge(&mut merged, &Value::Object(task.effect.patch.clone()));
@@ -629,17 +907,21 @@ fn release_resource(
     } else {
         None
     };
-    let released: Option<Option<i64>> = db.query_opt(
-        "UPDATE resources SET state = ?2, active_task = NULL, updated_at = ?5,
-             attrs = COALESCE(?3, attrs)
-         WHERE id = ?1 AND active_task = ?4 RETURNING last_task",
-        args![&task.resource, final_state.as_str(), patched, task.id, now],
-        |r: &Row| r.get(0),
-    )?;
-    let Some(last_task) = released else {
-        // It was waiting behind another task: the queue is unchanged.
-        return Ok(Vec::new());
-    };
+    Ok(Some(Release {
+        final_state,
+        patched,
+    }))
+}
+
+/// Once `task`, ended in `state`, released its resource, whose last task is
+/// `last_task`: hands the resource to the next task waiting for it, if any.
+fn after_release(
+    db: &mut dyn Db,
+    task: &Unfinished,
+    state: TaskState,
+    last_task: Option<i64>,
+    now: UnixMillis,
+) -> StoreResult<Vec<Runnable>> {
     if last_task == Some(task.id) {
         // No task was submitted on the resource after it: nothing waits (no read).
         return Ok(Vec::new());

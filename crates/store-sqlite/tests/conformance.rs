@@ -26,3 +26,23 @@ async fn reopen_keeps_everything_and_never_reuses_ids() {
     let path = &path;
     conformance::reopen_keeps_everything_and_never_reuses_ids(|| async move { open(path) }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_that_cannot_be_recorded_fails_alone() {
+    let (dir, store) = fresh().await;
+    let path = dir.path().join("qtask.db");
+    conformance::a_completion_that_cannot_be_recorded_fails_alone(
+        std::sync::Arc::new(store),
+        |task| {
+            let conn = r2d2_sqlite::rusqlite::Connection::open(&path).expect("open");
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .expect("busy timeout");
+            conn.execute(
+                "UPDATE tasks SET effect = 'not an effect' WHERE id = ?1",
+                [task.get() as i64],
+            )
+            .expect("spoil the task's effect");
+        },
+    )
+    .await;
+}

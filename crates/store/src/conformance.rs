@@ -4578,6 +4578,230 @@ pub async fn concurrent_claims_each_get_their_task_and_fence(store: Arc<dyn Stor
     assert_eq!(fences.len(), TASKS as usize);
 }
 
+/// Many outcomes at once (a backend may record them together): each is recorded as it
+/// would be alone. Successes and failures end their tasks, move their resources to the
+/// effect's state and hand them to the task waiting behind (a failure cancels it); a
+/// patch applies; a retry queues the task again; a stale fence is refused and counted;
+/// a task that does not exist is not found.
+pub async fn concurrent_completions_each_record_their_own_outcome(store: Arc<dyn Store>) {
+    const TASKS: usize = 200;
+    let a = account(store.as_ref(), "main").await;
+    let mut patched = effect(None, Some("RUNNING"), Some("FAILED"));
+    patched.patch = object(json!({"ip": "10.0.0.1"}));
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "RunInstances",
+        true,
+        (1..=TASKS as u32)
+            .map(|n| {
+                let effect = if n > 100 {
+                    patched.clone()
+                } else {
+                    effect(None, Some("RUNNING"), Some("FAILED"))
+                };
+                creating(
+                    new_resource(&ins(n), KIND, "PENDING", json!({"n": n})),
+                    effect,
+                )
+            })
+            .collect(),
+        T0,
+    );
+    let tasks: Vec<RequestId> = submit_new(store.as_ref(), sub).await.accepted().collect();
+    let mut claimed = Vec::new();
+    for task in &tasks {
+        claimed.push(claim(store.as_ref(), *task, T0 + 1).await);
+    }
+    // Tasks waiting behind the first 40 (the first 20 will succeed, the next 20 fail).
+    let mut waiting = Vec::new();
+    for n in 1..=40u32 {
+        waiting.push(
+            wait_behind(
+                store.as_ref(),
+                a,
+                &ins(n),
+                "StopInstances",
+                &[],
+                stop_effect(),
+                T0 + 2,
+            )
+            .await,
+        );
+    }
+    let fenced_before = fenced_completions(store.as_ref()).await;
+    let retry_at = T0 + 60_000;
+    let outcome = |i: usize| match i {
+        20..=39 => TaskOutcome::Failed(fault()),
+        150..=169 => TaskOutcome::Retry {
+            error: fault(),
+            not_before: retry_at,
+        },
+        _ => success(),
+    };
+    let unknown = RequestId::new(tasks.iter().map(|t| t.get()).max().unwrap() + 1_000_000).unwrap();
+    let mut handles = Vec::new();
+    for (i, c) in claimed.iter().enumerate() {
+        // The last 30 complete with a fence that is not theirs (any more).
+        let fence = if i >= 170 {
+            c.fence + 1_000_000
+        } else {
+            c.fence
+        };
+        let (store, task, outcome) = (Arc::clone(&store), c.task.id, outcome(i));
+        handles.push(tokio::spawn(async move {
+            store.complete(task, fence, outcome, T0 + 3).await
+        }));
+    }
+    let store_for_unknown = Arc::clone(&store);
+    let unknown_answer = tokio::spawn(async move {
+        store_for_unknown
+            .complete(unknown, 1, success(), T0 + 3)
+            .await
+    });
+    for (i, handle) in handles.into_iter().enumerate() {
+        let task = tasks[i];
+        let answer = handle.await.expect("a completing task panicked");
+        match i {
+            0..=19 => assert_eq!(
+                answer.expect("complete"),
+                Completion::Recorded {
+                    runnable: vec![runnable(waiting[i], T0 + 3)]
+                },
+                "task {task}: its resource goes to the task waiting behind"
+            ),
+            150..=169 => assert_eq!(
+                answer.expect("complete"),
+                Completion::Recorded {
+                    runnable: vec![runnable(task, retry_at)]
+                },
+                "task {task}: a retry"
+            ),
+            170.. => assert_eq!(answer.expect("complete"), Completion::Fenced, "task {task}"),
+            _ => assert_eq!(
+                answer.expect("complete"),
+                Completion::Recorded {
+                    runnable: Vec::new()
+                },
+                "task {task}"
+            ),
+        }
+        let record = must_task(store.as_ref(), a, task).await;
+        let resource = must_resource(store.as_ref(), a, &ins(i as u32 + 1)).await;
+        let (state, resource_state, holder) = match i {
+            0..=19 => (TaskState::Succeeded, "STOPPING", Some(waiting[i])),
+            20..=39 => (TaskState::Failed, "FAILED", None),
+            150..=169 => (TaskState::Queued, "PENDING", Some(task)),
+            170.. => (TaskState::Running, "PENDING", Some(task)),
+            _ => (TaskState::Succeeded, "RUNNING", None),
+        };
+        assert_eq!(record.state, state, "task {task}");
+        assert_eq!(
+            (resource.state.as_str(), resource.active_task),
+            (resource_state, holder),
+            "the resource of task {task}"
+        );
+        let ip = resource.attrs.get("ip").cloned();
+        let expected_ip = (100..150).contains(&i).then(|| json!("10.0.0.1"));
+        assert_eq!(ip, expected_ip, "the patch of task {task}");
+    }
+    for (n, task) in waiting.iter().enumerate().skip(20) {
+        let record = must_task(store.as_ref(), a, *task).await;
+        assert_eq!(
+            record.state,
+            TaskState::Canceled,
+            "task {task} waited behind a failure (ins {})",
+            n + 1
+        );
+    }
+    assert!(
+        matches!(
+            unknown_answer.await.expect("panicked"),
+            Err(StoreError::NotFound(_))
+        ),
+        "a task that does not exist"
+    );
+    assert_eq!(fenced_completions(store.as_ref()).await, fenced_before + 30);
+}
+
+/// Outcomes recorded at once, one of which cannot be: `corrupt` spoils that task's
+/// stored effect (the backend's test does it behind the store's back). That completion
+/// fails, and changes nothing — its task stays RUNNING, its resource held — while the
+/// others are recorded.
+pub async fn a_completion_that_cannot_be_recorded_fails_alone(
+    store: Arc<dyn Store>,
+    corrupt: impl FnOnce(RequestId),
+) {
+    const TASKS: u32 = 40;
+    let a = account(store.as_ref(), "main").await;
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "RunInstances",
+        true,
+        (1..=TASKS)
+            .map(|n| {
+                creating(
+                    new_resource(&ins(n), KIND, "PENDING", json!({})),
+                    effect(None, Some("RUNNING"), None),
+                )
+            })
+            .collect(),
+        T0,
+    );
+    let tasks: Vec<RequestId> = submit_new(store.as_ref(), sub).await.accepted().collect();
+    let mut claimed = Vec::new();
+    for task in &tasks {
+        claimed.push(claim(store.as_ref(), *task, T0 + 1).await);
+    }
+    let spoiled = tasks[TASKS as usize / 2];
+    corrupt(spoiled);
+    let handles: Vec<_> = claimed
+        .iter()
+        .map(|c| {
+            let (store, task, fence) = (Arc::clone(&store), c.task.id, c.fence);
+            tokio::spawn(async move { store.complete(task, fence, success(), T0 + 2).await })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let task = tasks[i];
+        let answer = handle.await.expect("a completing task panicked");
+        let resource = must_resource(store.as_ref(), a, &ins(i as u32 + 1)).await;
+        if task == spoiled {
+            // (Its record cannot be read any more either.)
+            assert!(answer.is_err(), "the spoiled task's completion: {answer:?}");
+            assert_eq!(
+                (resource.state.as_str(), resource.active_task),
+                ("PENDING", Some(task)),
+                "nothing recorded: its resource is still held"
+            );
+        } else {
+            let record = must_task(store.as_ref(), a, task).await;
+            assert_eq!(
+                answer.expect("complete"),
+                Completion::Recorded {
+                    runnable: Vec::new()
+                },
+                "task {task}"
+            );
+            assert_eq!(record.state, TaskState::Succeeded, "task {task}");
+            assert_eq!(
+                (resource.state.as_str(), resource.active_task),
+                ("RUNNING", None),
+                "the resource of task {task}"
+            );
+        }
+    }
+    assert_eq!(
+        tasks_by_state(store.as_ref()).await,
+        HashMap::from([
+            (TaskState::Succeeded, u64::from(TASKS) - 1),
+            (TaskState::Running, 1)
+        ]),
+        "the spoiled task is still running"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // reads
 // ---------------------------------------------------------------------------------------
@@ -5645,6 +5869,7 @@ macro_rules! conformance_tests {
             concurrent_submits_on_one_resource_accept_exactly_one,
             concurrent_claims_have_one_winner,
             concurrent_claims_each_get_their_task_and_fence,
+            concurrent_completions_each_record_their_own_outcome,
             a_completion_racing_a_rescue_counts_once,
             one_nonce_sent_at_once_by_many_is_fresh_once,
         );
