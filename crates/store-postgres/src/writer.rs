@@ -49,6 +49,14 @@ struct Session {
     client: Arc<Client>,
 }
 
+/// The writer runs point statements only: each finds its rows by key, also those that
+/// take many rows at once (`UPDATE … FROM (VALUES …)`). With statistics older than the
+/// tables' growth, PostgreSQL planned those as a hash join over a whole table (a
+/// resource release read every resource) or a walk of every unfinished task; without
+/// hash joins, merge joins and table scans, the rows of `VALUES` drive index lookups.
+const WRITER_SETTINGS: &str =
+    "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_seqscan = off";
+
 impl Session {
     fn open(target: &Target) -> StoreResult<OffRuntime<Self>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -64,7 +72,7 @@ impl Session {
             }
         });
         runtime
-            .block_on(client.batch_execute(SESSION_SETTINGS))
+            .block_on(client.batch_execute(&format!("{SESSION_SETTINGS}; {WRITER_SETTINGS}")))
             .map_err(backend)?;
         Ok(OffRuntime::new(Self {
             runtime,

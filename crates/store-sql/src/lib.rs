@@ -37,6 +37,8 @@ pub const RECURRING_QUERIES: &[&str] = &[
     reads::QUEUE_SUMMARY_SQL,
 ];
 
+pub use writes::many_row_statements;
+
 /// What the backends' tests check reads only unfinished tasks through the index of
 /// unfinished tasks by resource: a task's columns (its queue position) and an account's
 /// count of unfinished tasks.

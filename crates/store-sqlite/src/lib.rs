@@ -341,6 +341,25 @@ mod tests {
         }
     }
 
+    /// The statements that change many rows at once find each row by its key: driven by
+    /// the rows of their `VALUES`, never a walk of the tasks or the resources.
+    #[test]
+    fn many_row_statements_find_their_rows_by_key() {
+        let (_dir, conn) = migrated_store();
+        for sql in qtask_store_sql::many_row_statements(64) {
+            let steps = plan_of(&conn, sql);
+            let walks: Vec<&String> = steps
+                .iter()
+                .filter(|step| step.starts_with("SCAN tasks") || step.starts_with("SCAN resources"))
+                .collect();
+            assert!(walks.is_empty(), "{sql:.80}\nwalks a table: {steps:?}");
+            assert!(
+                steps.iter().any(|step| step.starts_with("SEARCH ")),
+                "{sql:.80}\nfinds no row by key: {steps:?}"
+            );
+        }
+    }
+
     fn writer_on(path: &Path) -> SqliteConn {
         let conn = Connection::open(path).expect("open");
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
