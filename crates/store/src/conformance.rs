@@ -242,6 +242,23 @@ async fn submit_new(store: &dyn Store, submission: Submission) -> SubmitReport {
     }
 }
 
+/// Submits one `RunInstances` group creating PENDING instances 1 to `count`, instance `n`
+/// with `effect(n)`; returns the group's tasks, all accepted.
+async fn create_pending(
+    store: &dyn Store,
+    account: AccountId,
+    count: u32,
+    effect: impl Fn(u32) -> Effect,
+) -> Vec<RequestId> {
+    let planned = (1..=count)
+        .map(|n| creating(new_resource(&ins(n), KIND, "PENDING", json!({})), effect(n)))
+        .collect();
+    let (sub, _) = submission(account, gz(), "RunInstances", true, planned, T0);
+    let tasks: Vec<RequestId> = submit_new(store, sub).await.accepted().collect();
+    assert_eq!(tasks.len(), count as usize, "every creation accepted");
+    tasks
+}
+
 /// Submits one ungrouped task and expects it accepted; returns it and whether the store
 /// said it can run now (it holds its resource).
 async fn submit_one(
@@ -3028,22 +3045,7 @@ pub async fn recover_returns_only_the_heads_of_resource_queues(store: &dyn Store
 pub async fn a_completion_racing_a_rescue_counts_once(store: Arc<dyn Store>) {
     const TASKS: u32 = 20;
     let a = account(store.as_ref(), "main").await;
-    let (sub, _) = submission(
-        a,
-        gz(),
-        "RunInstances",
-        true,
-        (1..=TASKS)
-            .map(|n| {
-                creating(
-                    new_resource(&ins(n), KIND, "PENDING", json!({})),
-                    Effect::default(),
-                )
-            })
-            .collect(),
-        T0,
-    );
-    let tasks: Vec<RequestId> = submit_new(store.as_ref(), sub).await.accepted().collect();
+    let tasks = create_pending(store.as_ref(), a, TASKS, |_| Effect::default()).await;
     let mut claims = Vec::new();
     for task in &tasks {
         claims.push(claim(store.as_ref(), *task, T0 + 1).await);
@@ -4480,23 +4482,7 @@ pub async fn concurrent_claims_have_one_winner(store: Arc<dyn Store>) {
     const TASKS: u32 = 10;
     const CLAIMERS: usize = 8;
     let a = account(store.as_ref(), "main").await;
-    let (sub, _) = submission(
-        a,
-        gz(),
-        "RunInstances",
-        true,
-        (1..=TASKS)
-            .map(|n| {
-                creating(
-                    new_resource(&ins(n), KIND, "PENDING", json!({})),
-                    Effect::default(),
-                )
-            })
-            .collect(),
-        T0,
-    );
-    let tasks: Vec<RequestId> = submit_new(store.as_ref(), sub).await.accepted().collect();
-    assert_eq!(tasks.len(), TASKS as usize);
+    let tasks = create_pending(store.as_ref(), a, TASKS, |_| Effect::default()).await;
     let handles: Vec<_> = (0..CLAIMERS)
         .flat_map(|_| tasks.iter().copied())
         .map(|task| {
@@ -4525,23 +4511,7 @@ pub async fn concurrent_claims_have_one_winner(store: Arc<dyn Store>) {
 pub async fn concurrent_claims_each_get_their_task_and_fence(store: Arc<dyn Store>) {
     const TASKS: u32 = 600;
     let a = account(store.as_ref(), "main").await;
-    let (sub, _) = submission(
-        a,
-        gz(),
-        "RunInstances",
-        true,
-        (1..=TASKS)
-            .map(|n| {
-                creating(
-                    new_resource(&ins(n), KIND, "PENDING", json!({})),
-                    Effect::default(),
-                )
-            })
-            .collect(),
-        T0,
-    );
-    let tasks: Vec<RequestId> = submit_new(store.as_ref(), sub).await.accepted().collect();
-    assert_eq!(tasks.len(), TASKS as usize);
+    let tasks = create_pending(store.as_ref(), a, TASKS, |_| Effect::default()).await;
     let unknown = RequestId::new(tasks.iter().map(|t| t.get()).max().unwrap() + 1_000_000).unwrap();
     let handles: Vec<_> = tasks
         .iter()
@@ -4588,27 +4558,14 @@ pub async fn concurrent_completions_each_record_their_own_outcome(store: Arc<dyn
     let a = account(store.as_ref(), "main").await;
     let mut patched = effect(None, Some("RUNNING"), Some("FAILED"));
     patched.patch = object(json!({"ip": "10.0.0.1"}));
-    let (sub, _) = submission(
-        a,
-        gz(),
-        "RunInstances",
-        true,
-        (1..=TASKS as u32)
-            .map(|n| {
-                let effect = if n > 100 {
-                    patched.clone()
-                } else {
-                    effect(None, Some("RUNNING"), Some("FAILED"))
-                };
-                creating(
-                    new_resource(&ins(n), KIND, "PENDING", json!({"n": n})),
-                    effect,
-                )
-            })
-            .collect(),
-        T0,
-    );
-    let tasks: Vec<RequestId> = submit_new(store.as_ref(), sub).await.accepted().collect();
+    let tasks = create_pending(store.as_ref(), a, TASKS as u32, |n| {
+        if n > 100 {
+            patched.clone()
+        } else {
+            effect(None, Some("RUNNING"), Some("FAILED"))
+        }
+    })
+    .await;
     let mut claimed = Vec::new();
     for task in &tasks {
         claimed.push(claim(store.as_ref(), *task, T0 + 1).await);
@@ -4734,22 +4691,10 @@ pub async fn a_completion_that_cannot_be_recorded_fails_alone(
 ) {
     const TASKS: u32 = 40;
     let a = account(store.as_ref(), "main").await;
-    let (sub, _) = submission(
-        a,
-        gz(),
-        "RunInstances",
-        true,
-        (1..=TASKS)
-            .map(|n| {
-                creating(
-                    new_resource(&ins(n), KIND, "PENDING", json!({})),
-                    effect(None, Some("RUNNING"), None),
-                )
-            })
-            .collect(),
-        T0,
-    );
-    let tasks: Vec<RequestId> = submit_new(store.as_ref(), sub).await.accepted().collect();
+    let tasks = create_pending(store.as_ref(), a, TASKS, |_| {
+        effect(None, Some("RUNNING"), None)
+    })
+    .await;
     let mut claimed = Vec::new();
     for task in &tasks {
         claimed.push(claim(store.as_ref(), *task, T0 + 1).await);
