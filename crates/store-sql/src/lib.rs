@@ -97,11 +97,11 @@ where
             // Lazy: a claim a power failure loses leaves its task QUEUED, to run again
             // after the restart, as a claimed task whose run the failure cut would (the
             // restart takes its own RUNNING tasks back). Its completion commits durably,
-            // and with it every earlier write. Atomic: one statement per 256 claims,
-            // which changes nothing when it fails.
+            // and with it every earlier write. Not atomic: many claims may take several
+            // statements, so a job of them has a savepoint (one for all its claims).
             claims: Shared::new(
                 WriteMode {
-                    atomic: true,
+                    atomic: false,
                     lazy: true,
                 },
                 writes::claim_many,

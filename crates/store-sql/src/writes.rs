@@ -353,8 +353,7 @@ pub fn many_row_statements(rows: usize) -> [&'static str; 3] {
     [CLAIMS.sql(rows), ENDINGS.sql(rows), RELEASES.sql(rows)]
 }
 
-/// Claims: row `i` holds a claim's task, time, owner, lease expiry and fence. One
-/// statement, so claims that fail have changed nothing and need no savepoint: only the
+/// Claims: row `i` holds a claim's task, time, owner, lease expiry and fence. Only the
 /// head of its resource's queue, and only once its backoff has passed; it answers each
 /// claimed task and its resource's attributes.
 static CLAIMS: RowsStatement = RowsStatement::new(
@@ -640,8 +639,8 @@ fn complete_together(
         ended.push((index, unfinished_from_row(id, &row)?, ending.state()));
     }
 
-    // Each ended task held its resource (it was running); a resource named twice is a
-    // corrupt store, left to `complete` to find.
+    // Each ended task held its resource (it was running), so no resource comes twice but
+    // in a corrupt store; the second is then released alone.
     let mut releases = Vec::new();
     let mut resources = HashSet::new();
     for (index, task, state) in ended {
@@ -677,7 +676,6 @@ fn complete_together(
     for row in RELEASES.query(db, &rows, &filler)? {
         released.insert(row.get(0)?, row.get(1)?);
     }
-    drop(rows);
     for (index, task, state, _) in &releases {
         let runnable = match released.get(&task.resource) {
             Some(last_task) => {
