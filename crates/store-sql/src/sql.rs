@@ -22,18 +22,6 @@ pub enum Value<'a> {
     Text(Cow<'a, str>),
 }
 
-impl Value<'_> {
-    /// The value, owning its text.
-    pub fn into_owned(self) -> Value<'static> {
-        match self {
-            Value::Null => Value::Null,
-            Value::Int(n) => Value::Int(n),
-            Value::Real(x) => Value::Real(x),
-            Value::Text(text) => Value::Text(Cow::Owned(text.into_owned())),
-        }
-    }
-}
-
 impl<'a> From<&'a str> for Value<'a> {
     fn from(text: &'a str) -> Self {
         Value::Text(Cow::Borrowed(text))

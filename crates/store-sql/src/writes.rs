@@ -322,25 +322,16 @@ impl RowsStatement {
         &shapes[rows.next_power_of_two().trailing_zeros() as usize]
     }
 
-    /// Runs the statement over `rows` (each of `types.len()` values), as many times as it
-    /// takes; `filler` is a row that matches nothing, to fill a shape.
-    fn query(
-        &self,
-        db: &mut dyn Db,
-        rows: &[Vec<SqlValue<'_>>],
-        filler: &[SqlValue<'_>],
-    ) -> StoreResult<Vec<Row>> {
+    /// Runs the statement over `values`, row after row (`types.len()` values each), as
+    /// many times as it takes. Rows of NULLs fill a shape: a NULL key matches nothing.
+    fn query(&self, db: &mut dyn Db, values: &[SqlValue<'_>]) -> StoreResult<Vec<Row>> {
+        let width = self.types.len();
         let mut answered = Vec::new();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let shape = chunk.len().next_power_of_two();
-            let mut values = Vec::with_capacity(shape * self.types.len());
-            for row in chunk {
-                values.extend(row.iter().cloned());
-            }
-            for _ in chunk.len()..shape {
-                values.extend(filler.iter().cloned());
-            }
-            answered.extend(db.query(self.sql(chunk.len()), &values)?);
+        for chunk in values.chunks(ROWS_PER_STATEMENT * width) {
+            let rows = chunk.len() / width;
+            let mut values = chunk.to_vec();
+            values.resize(rows.next_power_of_two() * width, SqlValue::Null);
+            answered.extend(db.query(self.sql(rows), &values)?);
         }
         Ok(answered)
     }
@@ -384,13 +375,13 @@ pub fn claim_many(
 ) -> StoreResult<Vec<StoreResult<Option<ClaimedTask>>>> {
     let mut answers: Vec<StoreResult<Option<ClaimedTask>>> = Vec::with_capacity(claims.len());
     let mut fences = std::collections::HashMap::with_capacity(claims.len());
-    let mut rows = Vec::with_capacity(claims.len());
+    let mut values = Vec::with_capacity(claims.len() * 5);
     for (index, (task, lease)) in claims.iter().enumerate() {
         answers.push(Ok(None));
         if let std::collections::hash_map::Entry::Vacant(entry) = fences.entry(task.get() as i64) {
             let fence = state.allocate_fence();
             entry.insert((index, fence));
-            rows.push(vec![
+            values.extend([
                 task.get().into(),
                 lease.now.into(),
                 lease.owner.as_str().into(),
@@ -399,15 +390,7 @@ pub fn claim_many(
             ]);
         }
     }
-    // Task IDs start at 1.
-    let filler = [
-        0i64.into(),
-        0i64.into(),
-        "".into(),
-        0i64.into(),
-        0i64.into(),
-    ];
-    for row in CLAIMS.query(db, &rows, &filler)? {
+    for row in CLAIMS.query(db, &values)? {
         let id: i64 = row.get(0)?;
         let (index, fence) = fences
             .get(&id)
@@ -600,43 +583,36 @@ fn complete_together(
     let mut answers: Vec<Option<StoreResult<Completion>>> =
         completions.iter().map(|_| None).collect();
 
-    let mut endings: HashMap<i64, (usize, Ending)> = HashMap::new();
-    let mut rows = Vec::new();
+    // The first completion of each task whose outcome is final, by task.
+    let mut ending: HashMap<i64, (usize, Ending)> = HashMap::new();
     for (index, c) in completions.iter().enumerate() {
-        let id = c.task.get() as i64;
-        if matches!(c.outcome, TaskOutcome::Retry { .. }) || endings.contains_key(&id) {
-            continue;
+        if !matches!(c.outcome, TaskOutcome::Retry { .. }) {
+            ending
+                .entry(c.task.get() as i64)
+                .or_insert_with(|| (index, Ending::from(c.outcome.clone())));
         }
-        let ending = Ending::from(c.outcome.clone());
-        let [_, state, at, code, message, result] = ending.values(id, c.now);
-        let row = vec![
-            id.into(),
-            c.fence.into(),
-            state.into_owned(),
-            at.into_owned(),
-            code.into_owned(),
-            message.into_owned(),
-            result.into_owned(),
-        ];
-        rows.push(row);
-        endings.insert(id, (index, ending));
     }
-    let filler = [
-        0i64.into(),
-        0i64.into(),
-        "".into(),
-        0i64.into(),
-        SqlValue::Null,
-        SqlValue::Null,
-        SqlValue::Null,
-    ];
+    let mut values = Vec::with_capacity(ending.len() * ENDINGS.types.len());
+    for (&id, (index, ending)) in &ending {
+        let [id, state, at, code, message, result] = ending.values(id, completions[*index].now);
+        values.extend([
+            id,
+            completions[*index].fence.into(),
+            state,
+            at,
+            code,
+            message,
+            result,
+        ]);
+    }
     let mut ended = Vec::new();
-    for row in ENDINGS.query(db, &rows, &filler)? {
+    for row in ENDINGS.query(db, &values)? {
         let id: i64 = row.get(ENDED_ID_COLUMN)?;
-        let (index, ending) = endings
-            .remove(&id)
+        let (index, state) = ending
+            .get(&id)
+            .map(|(index, ending)| (*index, ending.state()))
             .ok_or_else(|| StoreError::Backend(format!("ended task {id} was not asked for")))?;
-        ended.push((index, unfinished_from_row(id, &row)?, ending.state()));
+        ended.push((index, unfinished_from_row(id, &row)?, state));
     }
 
     // Each ended task held its resource (it was running), so no resource comes twice but
@@ -661,19 +637,12 @@ fn complete_together(
             }
         }
     }
-    let rows: Vec<Vec<SqlValue<'_>>> = releases
+    let values: Vec<SqlValue<'_>> = releases
         .iter()
-        .map(|(index, task, _, release)| release.values(task, completions[*index].now).to_vec())
+        .flat_map(|(index, task, _, release)| release.values(task, completions[*index].now))
         .collect();
-    let filler = [
-        "".into(),
-        "".into(),
-        SqlValue::Null,
-        0i64.into(),
-        0i64.into(),
-    ];
     let mut released: HashMap<String, Option<i64>> = HashMap::new();
-    for row in RELEASES.query(db, &rows, &filler)? {
+    for row in RELEASES.query(db, &values)? {
         released.insert(row.get(0)?, row.get(1)?);
     }
     for (index, task, state, _) in &releases {
@@ -722,13 +691,16 @@ pub fn complete(
             return Ok(Completion::Recorded { runnable });
         }
         // Gone, or not this worker's any more: the statement changed nothing.
-        return refuse_completion(db, task, fence);
+        let Some(found) = unfinished(db, task.get() as i64)? else {
+            return Err(StoreError::NotFound(format!("task {task}")));
+        };
+        return refuse_completion(db, task, fence, &found);
     }
     let Some(found) = unfinished(db, task.get() as i64)? else {
         return Err(StoreError::NotFound(format!("task {task}")));
     };
     if found.state != "RUNNING" || found.fence != fence as i64 {
-        return refuse_completion(db, task, fence);
+        return refuse_completion(db, task, fence, &found);
     }
     let outcome = match outcome {
         // A cancel asked for while it ran wins over another attempt.
@@ -755,12 +727,14 @@ pub fn complete(
     Ok(Completion::Recorded { runnable })
 }
 
-/// The outcome of a worker that no longer holds `task` (its lease was taken over, or
-/// the task is gone): it must not count. A task that is gone is not found.
-fn refuse_completion(db: &mut dyn Db, task: RequestId, fence: Fence) -> StoreResult<Completion> {
-    let Some(found) = unfinished(db, task.get() as i64)? else {
-        return Err(StoreError::NotFound(format!("task {task}")));
-    };
+/// The outcome of a worker that no longer holds `task` (its lease was taken over; the
+/// task is `found` now): it must not count.
+fn refuse_completion(
+    db: &mut dyn Db,
+    task: RequestId,
+    fence: Fence,
+    found: &Unfinished,
+) -> StoreResult<Completion> {
     db.send(
         "UPDATE meta SET value = value + 1 WHERE key = 'fenced_completions'",
         args![],
