@@ -294,14 +294,9 @@ impl Engine {
         let Ok(id) = catalog::parse_request_id(args::Args(&call.params), "requestId") else {
             return Ok(());
         };
-        let resources = match self.store.task(call.account, id).await? {
-            Some(task) => vec![task.resource],
-            None => self
-                .store
-                .group(call.account, id)
-                .await?
-                .map(|group| group.tasks.into_iter().map(|t| t.resource).collect())
-                .unwrap_or_default(),
+        let resources: Vec<_> = match self.store.named(call.account, id).await? {
+            Some(named) => named.into_tasks().into_iter().map(|t| t.resource).collect(),
+            None => Vec::new(),
         };
         refuse_resources(call, resources.iter())
     }

@@ -142,13 +142,10 @@ async fn unfinished(
     account: AccountId,
     id: RequestId,
 ) -> Result<Option<HashSet<RequestId>>, EngineError> {
-    let tasks = match store.task(account, id).await? {
-        Some(task) => vec![task],
-        None => match store.group(account, id).await? {
-            Some(group) => group.tasks,
-            None => return Ok(None),
-        },
+    let Some(named) = store.named(account, id).await? else {
+        return Ok(None);
     };
+    let tasks = named.into_tasks();
     Ok(Some(
         tasks
             .iter()

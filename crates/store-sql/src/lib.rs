@@ -443,6 +443,11 @@ where
             .await
     }
 
+    async fn named(&self, account: AccountId, id: RequestId) -> StoreResult<Option<Named>> {
+        self.point_read(move |db| reads::named(db, account, id))
+            .await
+    }
+
     async fn tasks(
         &self,
         account: AccountId,

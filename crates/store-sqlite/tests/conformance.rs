@@ -46,3 +46,18 @@ async fn a_completion_that_cannot_be_recorded_fails_alone() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn named_reads_leave_no_transaction_open() {
+    let (dir, store) = fresh().await;
+    let path = dir.path().join("qtask.db");
+    // A checkpoint that must reset the WAL is refused while any reader holds a snapshot.
+    let holds_snapshot = || {
+        let conn = r2d2_sqlite::rusqlite::Connection::open(&path).expect("open");
+        let busy: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+            .expect("checkpoint");
+        busy != 0
+    };
+    conformance::named_reads_leave_no_transaction_open(&store, holds_snapshot).await;
+}

@@ -4681,6 +4681,36 @@ pub async fn concurrent_completions_each_record_their_own_outcome(store: Arc<dyn
     assert_eq!(fenced_completions(store.as_ref()).await, fenced_before + 30);
 }
 
+/// Reads by name that find a task, a chain and nothing leave no read transaction open:
+/// `holds_snapshot` (the backend's test) tells whether a connection of the store still
+/// holds one, which would keep the WAL from ever being checkpointed past it.
+pub async fn named_reads_leave_no_transaction_open(
+    store: &dyn Store,
+    holds_snapshot: impl Fn() -> bool,
+) {
+    let a = account(store, "main").await;
+    instance(store, a, gz(), &ins(1), "RUNNING", json!({}), T0).await;
+    let (sub, _) = submission(
+        a,
+        gz(),
+        "StopInstances",
+        true,
+        vec![existing(&ins(1), &[], Effect::default())],
+        T0 + 1,
+    );
+    let report = submit_new(store, sub).await;
+    let (group, task) = (report.group.expect("a group"), only_task(&report));
+    let unknown = RequestId::new(group.get() + 1_000).expect("an ID");
+    assert!(!holds_snapshot(), "before the reads");
+    for id in [task, group, unknown] {
+        store.named(a, id).await.expect("named");
+        assert!(
+            !holds_snapshot(),
+            "the read of {id} left its transaction open"
+        );
+    }
+}
+
 /// Outcomes recorded at once, one of which cannot be: `corrupt` spoils that task's
 /// stored effect (the backend's test does it behind the store's back). That completion
 /// fails, and changes nothing — its task stays RUNNING, its resource held — while the
@@ -4752,7 +4782,8 @@ pub async fn a_completion_that_cannot_be_recorded_fails_alone(
 // ---------------------------------------------------------------------------------------
 
 /// Tasks and groups are read through their account: another account sees none of them,
-/// exactly as if they did not exist; a group ID is not a task and a task ID not a group.
+/// exactly as if they did not exist; a group ID is not a task and a task ID not a group;
+/// `named` finds either.
 pub async fn task_and_group_reads_are_account_scoped(store: &dyn Store) {
     let a = account(store, "main").await;
     let b = account(store, "other").await;
@@ -4784,6 +4815,23 @@ pub async fn task_and_group_reads_are_account_scoped(store: &dyn Store) {
         None,
         "a task is not a group"
     );
+    // `named`: the task or else the group, through the account too.
+    let as_task = store.task(a, task).await.expect("task").map(Box::new);
+    assert_eq!(
+        store.named(a, task).await.expect("named"),
+        as_task.map(Named::Task)
+    );
+    assert_eq!(
+        store.named(a, group).await.expect("named"),
+        store
+            .group(a, group)
+            .await
+            .expect("group")
+            .map(Named::Chain)
+    );
+    for (who, id) in [(b, task), (b, group), (a, theirs)] {
+        assert_eq!(store.named(who, id).await.expect("named"), None, "{id}");
+    }
     let listed = all_tasks(store, b).await;
     assert_eq!(
         (listed.total, ids_of(&listed.items, |t| t.id)),

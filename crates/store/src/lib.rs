@@ -171,6 +171,10 @@ pub trait Store: AuditLog + Send + Sync + 'static {
     async fn task(&self, account: AccountId, id: RequestId) -> StoreResult<Option<TaskRecord>>;
     /// A chain (or any group of tasks one call created) with its tasks.
     async fn group(&self, account: AccountId, id: RequestId) -> StoreResult<Option<GroupRecord>>;
+    /// The task or else the chain `id` names, read at one point in time (one read
+    /// transaction: the lookups of a `DescribeTaskResult` take and drop the store's
+    /// read lock once, not once for each).
+    async fn named(&self, account: AccountId, id: RequestId) -> StoreResult<Option<Named>>;
     /// Whether `id` may have been one of the account's tasks or groups that retention
     /// deleted (it is at or below the highest ID purged for the account).
     async fn purged(&self, account: AccountId, id: RequestId) -> StoreResult<bool>;

@@ -169,6 +169,33 @@ pub struct GroupRecord {
     pub tasks: Vec<TaskRecord>,
 }
 
+/// What a request ID names: one task, or a chain (any group of tasks one call created).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Named {
+    Task(Box<TaskRecord>),
+    Chain(GroupRecord),
+}
+
+impl Named {
+    pub fn tasks(&self) -> &[TaskRecord] {
+        match self {
+            Named::Task(task) => std::slice::from_ref(task),
+            Named::Chain(group) => &group.tasks,
+        }
+    }
+
+    pub fn into_tasks(self) -> Vec<TaskRecord> {
+        match self {
+            Named::Task(task) => vec![*task],
+            Named::Chain(group) => group.tasks,
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        self.tasks().iter().all(|t| t.state.is_final())
+    }
+}
+
 /// The latest operation on a resource, as the resource listing shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LastOperation {

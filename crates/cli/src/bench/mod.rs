@@ -7,6 +7,7 @@
 pub mod fill;
 pub mod http;
 pub mod load;
+pub mod null_server;
 pub mod probe;
 
 use crate::client::Client;
@@ -45,6 +46,13 @@ pub enum BenchCommand {
     /// Fill a stopped server's store with finished tasks (bulk inserts).
     #[command(after_help = "Example:\n  qtask bench fill --data-dir qtask-data --tasks 10000000")]
     Fill(fill::FillArgs),
+    /// Serve the API path answering every call at once with code 0: the ceiling of this
+    /// machine and generator, to read a sitting's figures against.
+    #[command(
+        name = "null-server",
+        after_help = "Example:\n  qtask bench null-server --listen 127.0.0.1:18383 &\n  qtask bench --endpoint http://127.0.0.1:18383 --scenario describe"
+    )]
+    NullServer(null_server::NullServerArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -166,6 +174,7 @@ pub struct ServerCost {
 pub async fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     match args.command {
         Some(BenchCommand::Fill(fill)) => fill::run(fill).await.map(|()| Exit::Success),
+        Some(BenchCommand::NullServer(server)) => null_server::run(server).await,
         None => {
             let json = args.run.json;
             let report = run_load(args.run).await?;

@@ -10,7 +10,7 @@ use crate::dispatch::Dispatcher;
 use crate::events::{EventKind, TaskEvent};
 use crate::{views, Answer, EngineError};
 use qtask_core::{RequestId, ResourceId, ResourceState, TaskState};
-use qtask_store::{CancelOutcome, GroupRecord, Page, PlannedTask, Target, TaskFilter, TaskRecord};
+use qtask_store::{CancelOutcome, Named, Page, PlannedTask, Target, TaskFilter, TaskRecord};
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
 
@@ -83,12 +83,8 @@ async fn named_tasks(
     ctx: &QueryContext<'_>,
     id: RequestId,
 ) -> Result<Vec<TaskRecord>, EngineError> {
-    let account = ctx.call.account;
-    if let Some(task) = ctx.store.task(account, id).await? {
-        return Ok(vec![task]);
-    }
-    match ctx.store.group(account, id).await? {
-        Some(group) => Ok(group.tasks),
+    match ctx.store.named(ctx.call.account, id).await? {
+        Some(named) => Ok(named.into_tasks()),
         None => Err(missing(ctx, id).await),
     }
 }
@@ -223,32 +219,9 @@ fn by_task_id(ctx: QueryContext<'_>) -> BoxFuture<'_, Result<Answer, EngineError
 /// The longest `waitSeconds` of a long poll.
 pub const MAX_WAIT_SECONDS: i64 = 30;
 
-/// A task or a chain, as a request ID names it.
-enum Named {
-    Task(Box<TaskRecord>),
-    Chain(GroupRecord),
-}
-
-impl Named {
-    fn tasks(&self) -> &[TaskRecord] {
-        match self {
-            Named::Task(task) => std::slice::from_ref(task),
-            Named::Chain(group) => &group.tasks,
-        }
-    }
-
-    fn is_final(&self) -> bool {
-        self.tasks().iter().all(|t| t.state.is_final())
-    }
-}
-
 async fn lookup(ctx: &QueryContext<'_>, id: RequestId) -> Result<Named, EngineError> {
-    let account = ctx.call.account;
-    if let Some(task) = ctx.store.task(account, id).await? {
-        return Ok(Named::Task(Box::new(task)));
-    }
-    match ctx.store.group(account, id).await? {
-        Some(group) => Ok(Named::Chain(group)),
+    match ctx.store.named(ctx.call.account, id).await? {
+        Some(named) => Ok(named),
         None => Err(missing(ctx, id).await),
     }
 }
