@@ -277,7 +277,7 @@ pub fn named(db: &mut dyn Db, account: AccountId, id: RequestId) -> StoreResult<
         if let Some(found) = task(db, account, id)? {
             return Ok(Some(Named::Task(Box::new(found))));
         }
-        Ok(group(db, account, id)?.map(Named::Chain))
+        Ok(group_rows(db, account, id)?.map(Named::Chain))
     })
 }
 
@@ -301,7 +301,16 @@ fn in_one_read<T>(
     ended.map(|()| value)
 }
 
+/// A group and its tasks, from one snapshot (on SQLite; see [`in_one_read`]).
 pub fn group(
+    db: &mut dyn Db,
+    account: AccountId,
+    id: RequestId,
+) -> StoreResult<Option<GroupRecord>> {
+    in_one_read(db, |db| group_rows(db, account, id))
+}
+
+fn group_rows(
     db: &mut dyn Db,
     account: AccountId,
     id: RequestId,
@@ -398,15 +407,18 @@ pub fn tasks(
     if let Some(to) = filter.created_to {
         c.push("created_at <= ?", vec![to.into()]);
     }
-    let total = c.count(db, "tasks")?;
     let sql = format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE {} ORDER BY id DESC LIMIT {} OFFSET {}",
         c.clause(),
         page.limit,
         page.offset
     );
-    let items = db.query_all(&sql, &c.args, task_from_row)?;
-    Ok(Listing { total, items })
+    // The total and the page from one snapshot (on SQLite), so they agree.
+    in_one_read(db, |db| {
+        let total = c.count(db, "tasks")?;
+        let items = db.query_all(&sql, &c.args, task_from_row)?;
+        Ok(Listing { total, items })
+    })
 }
 
 /// A JSON scalar as a SQL argument that compares equal to what SQLite's `json_extract`
@@ -485,7 +497,6 @@ pub fn resources(
             args,
         );
     }
-    let total = c.count(db, "resources r")?;
     let sql = format!(
         "SELECT r.id, r.kind, r.region, r.state, r.attrs, r.created_at, r.active_task,
                 t.id, t.action, t.state, t.error_code, t.error_message
@@ -495,39 +506,45 @@ pub fn resources(
         page.limit,
         page.offset
     );
-    let items = db.query_all(&sql, &c.args, |row: &Row| {
-        let last_task: Option<i64> = row.get(7)?;
-        let last_operation = match last_task {
-            None => None,
-            Some(task) => {
-                let state: String = row.get(9)?;
-                let error_code: Option<u32> = row.get(10)?;
-                Some(LastOperation {
-                    task: stored_id(task)?,
-                    action: row.get(8)?,
-                    state: state
-                        .parse::<TaskState>()
-                        .map_err(|e| bad_column(9, e.to_string()))?,
-                    error: match error_code {
-                        Some(code) => Some(TaskError {
-                            code,
-                            message: row.get::<Option<String>>(11)?.unwrap_or_default(),
-                        }),
-                        None => None,
-                    },
-                })
-            }
-        };
-        Ok(ResourceRecord {
-            id: ResourceId::from_stored(row.get(0)?),
-            kind: row.get(1)?,
-            region: region(2, row.get(2)?)?,
-            state: ResourceState(row.get(3)?),
-            attrs: parse_object(&row.get::<String>(4)?)?,
-            created_at: row.get(5)?,
-            active_task: row.get::<Option<i64>>(6)?.map(stored_id).transpose()?,
-            last_operation,
-        })
+    // The total and the page from one snapshot (on SQLite), so they agree.
+    let (total, items) = in_one_read(db, |db| {
+        let total = c.count(db, "resources r")?;
+        Ok((total, db.query_all(&sql, &c.args, resource_from_row)?))
     })?;
     Ok(Listing { total, items })
+}
+
+fn resource_from_row(row: &Row) -> StoreResult<ResourceRecord> {
+    let last_task: Option<i64> = row.get(7)?;
+    let last_operation = match last_task {
+        None => None,
+        Some(task) => {
+            let state: String = row.get(9)?;
+            let error_code: Option<u32> = row.get(10)?;
+            Some(LastOperation {
+                task: stored_id(task)?,
+                action: row.get(8)?,
+                state: state
+                    .parse::<TaskState>()
+                    .map_err(|e| bad_column(9, e.to_string()))?,
+                error: match error_code {
+                    Some(code) => Some(TaskError {
+                        code,
+                        message: row.get::<Option<String>>(11)?.unwrap_or_default(),
+                    }),
+                    None => None,
+                },
+            })
+        }
+    };
+    Ok(ResourceRecord {
+        id: ResourceId::from_stored(row.get(0)?),
+        kind: row.get(1)?,
+        region: region(2, row.get(2)?)?,
+        state: ResourceState(row.get(3)?),
+        attrs: parse_object(&row.get::<String>(4)?)?,
+        created_at: row.get(5)?,
+        active_task: row.get::<Option<i64>>(6)?.map(stored_id).transpose()?,
+        last_operation,
+    })
 }

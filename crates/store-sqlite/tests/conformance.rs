@@ -48,7 +48,7 @@ async fn a_completion_that_cannot_be_recorded_fails_alone() {
 }
 
 #[tokio::test]
-async fn named_reads_leave_no_transaction_open() {
+async fn multi_statement_reads_leave_no_transaction_open() {
     let (dir, store) = fresh().await;
     let path = dir.path().join("qtask.db");
     // A checkpoint that must reset the WAL is refused while any reader holds a snapshot.
@@ -59,5 +59,5 @@ async fn named_reads_leave_no_transaction_open() {
             .expect("checkpoint");
         busy != 0
     };
-    conformance::named_reads_leave_no_transaction_open(&store, holds_snapshot).await;
+    conformance::multi_statement_reads_leave_no_transaction_open(&store, holds_snapshot).await;
 }

@@ -4681,10 +4681,11 @@ pub async fn concurrent_completions_each_record_their_own_outcome(store: Arc<dyn
     assert_eq!(fenced_completions(store.as_ref()).await, fenced_before + 30);
 }
 
-/// Reads by name that find a task, a chain and nothing leave no read transaction open:
-/// `holds_snapshot` (the backend's test) tells whether a connection of the store still
-/// holds one, which would keep the WAL from ever being checkpointed past it.
-pub async fn named_reads_leave_no_transaction_open(
+/// Reads of several statements — by name (a task, a chain, nothing), a chain, the task and
+/// resource listings — leave no read transaction open: `holds_snapshot` (the backend's
+/// test) tells whether a connection of the store still holds one, which would keep the WAL
+/// from ever being checkpointed past it.
+pub async fn multi_statement_reads_leave_no_transaction_open(
     store: &dyn Store,
     holds_snapshot: impl Fn() -> bool,
 ) {
@@ -4709,6 +4710,26 @@ pub async fn named_reads_leave_no_transaction_open(
             "the read of {id} left its transaction open"
         );
     }
+    store
+        .group(a, group)
+        .await
+        .expect("group")
+        .expect("the chain");
+    assert!(
+        !holds_snapshot(),
+        "the chain's read left its transaction open"
+    );
+    let listing = all_tasks(store, a).await;
+    assert_eq!(listing.total, listing.items.len() as u64, "{listing:?}");
+    assert!(
+        !holds_snapshot(),
+        "the task listing left its transaction open"
+    );
+    must_resource(store, a, &ins(1)).await;
+    assert!(
+        !holds_snapshot(),
+        "the resource listing left its transaction open"
+    );
 }
 
 /// Outcomes recorded at once, one of which cannot be: `corrupt` spoils that task's

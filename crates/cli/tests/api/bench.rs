@@ -224,3 +224,47 @@ async fn fill_leaves_a_store_the_server_serves() {
     let created = app.create_instances(2, "after-fill").await;
     assert_eq!(created.len(), 2);
 }
+
+/// `bench null-server` answers every scenario's set-up and calls with code 0, so the
+/// generator measures the machine's ceiling against it; it names the address it took.
+#[tokio::test]
+async fn null_server_answers_every_call_and_names_its_address() {
+    use std::io::BufRead;
+    let mut server = Command::new(env!("CARGO_BIN_EXE_qtask"))
+        .args(["bench", "null-server", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("qtask bench null-server starts");
+    let mut ready = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("its stdout"))
+        .read_line(&mut ready)
+        .expect("a first line");
+    let endpoint = ready
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {ready:?}"))
+        .to_owned();
+    for scenario in ["submit", "describe"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_qtask"))
+            .args(["bench", "--endpoint", &endpoint])
+            .args(["--secret-id", "AKIDnullnullnullnullnullnullnullnull"])
+            .args(["--secret-key", "any-key-the-null-server-ignores"])
+            .args(["--scenario", scenario, "--duration", "1s", "--json"])
+            .args(["--concurrency", "4", "--server-pid"])
+            .arg(server.id().to_string())
+            .output()
+            .expect("qtask bench runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{scenario}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_str(&stdout).expect("the report is JSON");
+        assert!(report["ok"].as_u64().unwrap() > 0, "{report:#}");
+        assert_eq!(report["ok"], report["calls"], "{report:#}");
+        assert_eq!(report["server"]["pid"], server.id(), "{report:#}");
+    }
+    server.kill().expect("stopped");
+    server.wait().expect("reaped");
+}
