@@ -130,6 +130,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     );
     let state = Arc::new(AppState {
         store,
+        keys: Default::default(),
         engine,
         auth: AuthSettings {
             timestamp_window: config.timestamp_window,

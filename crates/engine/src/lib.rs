@@ -129,6 +129,12 @@ pub enum EngineError {
     Refused(Refusal),
     #[error("the Nonce was already used by this SecretId for another request")]
     NonceReused,
+    /// The request's key was disabled after it was read (the writer refused its nonce).
+    #[error("SecretId {0} does not exist or is disabled")]
+    KeyDisabled(SecretId),
+    /// The account of the request's key was blocked after the key was read.
+    #[error("account {0} is blocked")]
+    AccountBlocked(String),
     #[error("clientToken {0:?} was already used with a different action or parameters")]
     TokenReused(String),
     /// The key may not call this action (it is not among the key's allowed actions).
@@ -158,6 +164,8 @@ impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NonceReused { .. } => Self::NonceReused,
+            StoreError::KeyDisabled(secret_id) => Self::KeyDisabled(secret_id),
+            StoreError::AccountBlocked(account) => Self::AccountBlocked(account),
             StoreError::TokenReused { token } => Self::TokenReused(token),
             limit @ StoreError::LimitExceeded { .. } => Self::LimitExceeded(limit.to_string()),
             other => Self::Internal(other.to_string()),

@@ -98,8 +98,16 @@ async fn handle(
                 }
                 let names_a_task = named.is_some();
                 let action = call.action.clone();
+                let secret_id = call.secret_id.clone();
                 let body = state.engine.call(call).await;
                 let summary = AnswerSummary::of(&body);
+                // The store refused the key the cache gave: read it afresh next time.
+                if [ErrorCode::InvalidSecretId, ErrorCode::AccessDenied]
+                    .iter()
+                    .any(|refused| refused.code() == summary.code)
+                {
+                    state.keys.forget(&secret_id);
+                }
                 if let (Some(id), false) = (&summary.request_id, names_a_task) {
                     span.record("requestId", display(id));
                 }

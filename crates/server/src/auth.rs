@@ -4,11 +4,13 @@
 //! The nonce is not checked here: it is recorded by the engine in the same transaction
 //! as the request's effects, so a replay and its original can never both succeed.
 
+use crate::render::api_error;
 use crate::{AppState, AuthSettings};
 use qtask_core::{Nonce, Region, SecretId, UnixMillis};
-use qtask_engine::Call;
+use qtask_engine::{Call, EngineError};
 use qtask_protocol::signature::{self, HttpMethod, SignatureMethod, SIGNATURE_PARAM};
 use qtask_protocol::{ApiError, ErrorCode, Params, API_PATH};
+use std::sync::Arc;
 
 /// Parameters every request may carry; all others belong to the action.
 pub const COMMON_PARAMS: &[&str] = &[
@@ -71,24 +73,27 @@ pub async fn verify(
             .map_err(|e| ApiError::invalid_parameter(format!("parameter {e}")))?,
     };
 
-    let key = state
-        .store
-        .api_key(&secret_id)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot read API keys");
-            ApiError::new(
-                ErrorCode::InternalError,
-                "internal error; the server log has details",
-            )
-        })?
-        .filter(|key| key.enabled)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidSecretId,
-                format!("SecretId {secret_id} does not exist or is disabled"),
-            )
-        })?;
+    let key = match state.keys.get(&secret_id) {
+        Some(key) => key,
+        None => {
+            let key = state
+                .store
+                .api_key(&secret_id)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot read API keys");
+                    ApiError::new(
+                        ErrorCode::InternalError,
+                        "internal error; the server log has details",
+                    )
+                })?
+                .filter(|key| key.enabled)
+                .map(Arc::new)
+                .ok_or_else(|| api_error(&EngineError::KeyDisabled(secret_id.clone())))?;
+            state.keys.keep(Arc::clone(&key));
+            key
+        }
+    };
 
     let hosts = candidate_hosts(&request, &state.auth);
     let signed = hosts.iter().any(|host| {
@@ -120,10 +125,9 @@ pub async fn verify(
 
     // Only a caller who proved the key learns that its account is blocked.
     if key.account_blocked {
-        return Err(ApiError::new(
-            ErrorCode::AccessDenied,
-            format!("account {} is blocked", key.account_name),
-        ));
+        return Err(api_error(&EngineError::AccountBlocked(
+            key.account_name.clone(),
+        )));
     }
 
     let window = state.auth.timestamp_window.as_secs() as i64;
@@ -157,7 +161,7 @@ pub async fn verify(
         region,
         params: action_params,
         now,
-        access: key.access,
+        access: key.access.clone(),
         main_key: key.main,
         source: request.peer.ip().to_string(),
     })

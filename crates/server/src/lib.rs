@@ -13,6 +13,7 @@ pub mod auth;
 pub mod console;
 pub mod events;
 pub mod health;
+pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod render;
@@ -51,6 +52,8 @@ impl Default for AuthSettings {
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// API keys read recently (see `keys.rs` for what may be trusted from it).
+    pub keys: keys::KeyCache,
     pub engine: Arc<Engine>,
     pub auth: AuthSettings,
     /// Cancelled when shutdown begins: from then on every API call answers 6200.

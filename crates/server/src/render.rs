@@ -47,6 +47,8 @@ pub fn api_error(error: &EngineError) -> ApiError {
         }
         EngineError::Refused(refusal) => refusal_error(refusal),
         EngineError::NonceReused => ApiError::new(ErrorCode::NonceReplayed, error.to_string()),
+        EngineError::KeyDisabled(_) => ApiError::new(ErrorCode::InvalidSecretId, error.to_string()),
+        EngineError::AccountBlocked(_) => ApiError::new(ErrorCode::AccessDenied, error.to_string()),
         EngineError::TokenReused(_) => ApiError::invalid_parameter(format!("parameter {error}")),
         EngineError::ActionNotAllowed { .. } | EngineError::ReadOnlyKey(_) => {
             ApiError::new(ErrorCode::UnauthorizedAction, error.to_string())

@@ -138,12 +138,14 @@ pub enum Claimed {
 }
 
 /// Stores the claim's nonce, unless it was stored before: then the same request
-/// (same signature) is `Resent`, and another is refused with `NonceReused`.
+/// (same signature) is `Resent`, and another is refused with `NonceReused`. A key that
+/// is disabled now, or whose account is blocked now, claims nothing.
 pub fn claim(
     db: &mut dyn Db,
     index: Option<&mut NonceIndex>,
     claim: &NonceClaim,
 ) -> StoreResult<Claimed> {
+    key_still_valid(db, &claim.secret_id)?;
     let secret_id = claim.secret_id.as_str();
     let nonce = claim.nonce.get();
     let earlier = match index {
@@ -184,6 +186,26 @@ pub fn claim(
             secret_id: claim.secret_id.clone(),
             nonce,
         })
+    }
+}
+
+/// Refuses a key disabled, or an account blocked, since the caller read the key. Every
+/// call claims its nonce in the writer, so this one point read in the writer's open
+/// transaction is what lets the server keep keys in memory (`qtask-server`'s key cache)
+/// and still refuse a key from the first call after `qtask keys disable` commits, on
+/// any node. A key that is not stored is left to the caller (keys are never deleted;
+/// the caller found it).
+fn key_still_valid(db: &mut dyn Db, secret_id: &qtask_core::SecretId) -> StoreResult<()> {
+    let state: Option<(bool, bool, String)> = db.query_opt(
+        "SELECT k.enabled, a.blocked, a.name FROM api_keys k JOIN accounts a ON a.id = k.account_id
+         WHERE k.secret_id = ?1",
+        args![secret_id.as_str()],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    match state {
+        Some((false, _, _)) => Err(StoreError::KeyDisabled(secret_id.clone())),
+        Some((true, true, account)) => Err(StoreError::AccountBlocked(account)),
+        Some((true, false, _)) | None => Ok(()),
     }
 }
 

@@ -1428,6 +1428,85 @@ pub async fn record_nonce_tells_fresh_resent_and_reused(store: &dyn Store) {
     );
 }
 
+/// A key disabled, or an account blocked, after the caller read the key claims no nonce:
+/// neither a query's nor a submission's, nor a resend's. Enabled or unblocked again, it
+/// claims as before. A key the store does not hold is left to the caller.
+pub async fn a_disabled_key_or_blocked_account_claims_no_nonce(store: &dyn Store) {
+    let a = account(store, "main").await;
+    instance(store, a, gz(), &ins(1), "RUNNING", json!({}), T0).await;
+    let key: SecretId = "AKIDrevocable".parse().expect("a SecretId");
+    let new_key = NewApiKey {
+        secret_id: key.clone(),
+        secret_key: "s3cret".into(),
+        account: a,
+        access: KeyAccess::default(),
+    };
+    store.create_key(new_key, T0).await.expect("create_key");
+    let claim = |n: u64| nonce_claim(&key, n, &format!("sig-{n}"));
+    let stop = |nonce: NonceClaim| {
+        let (mut sub, _) = submission(
+            a,
+            gz(),
+            "StopInstances",
+            false,
+            vec![existing(&ins(1), &[], Effect::default())],
+            T0 + 1,
+        );
+        sub.nonce = nonce;
+        sub
+    };
+    assert_eq!(
+        store.record_nonce(claim(1)).await.expect("fresh"),
+        NonceOutcome::Fresh
+    );
+
+    assert!(store.set_key_enabled(&key, false).await.expect("disable"));
+    let disabled = |outcome: StoreResult<()>, what: &str| match outcome {
+        Err(StoreError::KeyDisabled(id)) => assert_eq!(id, key, "{what}"),
+        other => panic!("{what} with a disabled key: {other:?}"),
+    };
+    disabled(store.record_nonce(claim(2)).await.map(drop), "a query");
+    disabled(store.record_nonce(claim(1)).await.map(drop), "a resend");
+    disabled(store.submit(stop(claim(3))).await.map(drop), "a submission");
+    assert_eq!(
+        must_resource(store, a, &ins(1)).await.active_task,
+        None,
+        "the refused submission changed nothing"
+    );
+
+    assert!(store.set_key_enabled(&key, true).await.expect("enable"));
+    assert_eq!(
+        store.record_nonce(claim(2)).await.expect("fresh"),
+        NonceOutcome::Fresh
+    );
+
+    assert!(store
+        .set_account_blocked("main", true)
+        .await
+        .expect("block"));
+    match store.record_nonce(claim(4)).await {
+        Err(StoreError::AccountBlocked(account)) => assert_eq!(account, "main"),
+        other => panic!("a blocked account's key: {other:?}"),
+    }
+    match store.submit(stop(claim(5))).await.map(drop) {
+        Err(StoreError::AccountBlocked(account)) => assert_eq!(account, "main"),
+        other => panic!("a blocked account's submission: {other:?}"),
+    }
+    assert!(store
+        .set_account_blocked("main", false)
+        .await
+        .expect("unblock"));
+    assert_eq!(
+        store.record_nonce(claim(4)).await.expect("fresh"),
+        NonceOutcome::Fresh
+    );
+    assert_eq!(
+        store.record_nonce(fresh_nonce()).await.expect("fresh"),
+        NonceOutcome::Fresh,
+        "a key the store does not hold"
+    );
+}
+
 /// One nonce sent by many callers at once (so that several share a commit) is Fresh
 /// exactly once; the same signature again is a resend, another one a reuse.
 pub async fn one_nonce_sent_at_once_by_many_is_fresh_once(store: Arc<dyn Store>) {
@@ -5831,6 +5910,7 @@ macro_rules! conformance_tests {
             submit_create_inserts_the_resource_busy,
             duplicate_resource_rolls_back_the_whole_submission,
             record_nonce_tells_fresh_resent_and_reused,
+            a_disabled_key_or_blocked_account_claims_no_nonce,
             submit_resend_gets_the_stored_answer,
             submit_refuses_a_nonce_a_query_used,
             client_token_repeats_the_first_answer,

@@ -32,6 +32,12 @@ pub enum StoreError {
     /// The nonce was already used by this SecretId for a different request.
     #[error("nonce {nonce} was already used by {secret_id} within the validity window")]
     NonceReused { secret_id: SecretId, nonce: u64 },
+    /// The request's key was disabled (after the caller read it).
+    #[error("SecretId {0} is disabled")]
+    KeyDisabled(SecretId),
+    /// The account of the request's key was blocked (after the caller read the key).
+    #[error("account {0} is blocked")]
+    AccountBlocked(String),
     /// The client token was already used for another action or other parameters.
     #[error("clientToken {token:?} was already used with a different action or parameters")]
     TokenReused { token: String },
