@@ -35,6 +35,7 @@ pub const RECURRING_QUERIES: &[&str] = &[
     writes::REQUEUE_RUNNING_SQL,
     writes::READY_SQL,
     reads::QUEUE_SUMMARY_SQL,
+    nonces::INSERT_NONCE_SQL,
 ];
 
 pub use writes::many_row_statements;

@@ -139,13 +139,13 @@ pub enum Claimed {
 
 /// Stores the claim's nonce, unless it was stored before: then the same request
 /// (same signature) is `Resent`, and another is refused with `NonceReused`. A key that
-/// is disabled now, or whose account is blocked now, claims nothing.
+/// is disabled now, or whose account is blocked now, claims nothing: the insert itself
+/// refuses it (no statement more on the common path), and [`key_still_valid`] says why.
 pub fn claim(
     db: &mut dyn Db,
     index: Option<&mut NonceIndex>,
     claim: &NonceClaim,
 ) -> StoreResult<Claimed> {
-    key_still_valid(db, &claim.secret_id)?;
     let secret_id = claim.secret_id.as_str();
     let nonce = claim.nonce.get();
     let earlier = match index {
@@ -161,10 +161,10 @@ pub fn claim(
                 None => None,
             };
             if earlier.is_none() {
-                let row = insert(db, claim)?
-                    .ok_or_else(|| StoreError::Backend("a nonce row was not inserted".into()))?;
-                index.remember(key, row);
-                return Ok(Claimed::Fresh { row });
+                if let Some(row) = insert(db, claim)? {
+                    index.remember(key, row);
+                    return Ok(Claimed::Fresh { row });
+                }
             }
             earlier
         }
@@ -177,8 +177,11 @@ pub fn claim(
             )?,
         },
     };
+    // Not inserted: a resend, a reuse, or a key refused since the caller read it (a
+    // resend with a disabled key is refused too).
+    key_still_valid(db, &claim.secret_id)?;
     let (signature, answer): (String, Option<String>) = earlier
-        .ok_or_else(|| StoreError::Backend("a nonce conflicted but is not stored".into()))?;
+        .ok_or_else(|| StoreError::Backend("a nonce was neither stored nor refused".into()))?;
     if signature == claim.signature {
         Ok(Claimed::Resent { answer })
     } else {
@@ -190,11 +193,11 @@ pub fn claim(
 }
 
 /// Refuses a key disabled, or an account blocked, since the caller read the key. Every
-/// call claims its nonce in the writer, so this one point read in the writer's open
-/// transaction is what lets the server keep keys in memory (`qtask-server`'s key cache)
-/// and still refuse a key from the first call after `qtask keys disable` commits, on
-/// any node. A key that is not stored is left to the caller (keys are never deleted;
-/// the caller found it).
+/// call claims its nonce in the writer, so this check in the writer's open transaction
+/// (made by [`insert`] itself, spelled out here when it refused) is what lets the server
+/// keep keys in memory (`qtask-server`'s key cache) and still refuse a key from the first
+/// call after `qtask keys disable` commits, on any node. A key that is not stored is left
+/// to the caller (keys are never deleted; the caller found it).
 fn key_still_valid(db: &mut dyn Db, secret_id: &qtask_core::SecretId) -> StoreResult<()> {
     let state: Option<(bool, bool, String)> = db.query_opt(
         "SELECT k.enabled, a.blocked, a.name FROM api_keys k JOIN accounts a ON a.id = k.account_id
@@ -209,11 +212,20 @@ fn key_still_valid(db: &mut dyn Db, secret_id: &qtask_core::SecretId) -> StoreRe
     }
 }
 
-/// Appends the nonce's row; `None` when a unique key refused it (a shared database).
+/// Every call's nonce row, unless its key is no longer usable. The casts give PostgreSQL
+/// the parameters' types (a select list has none).
+pub const INSERT_NONCE_SQL: &str = "INSERT INTO nonces (secret_id, nonce, expires_at, signature)
+     SELECT CAST(?1 AS TEXT), CAST(?2 AS BIGINT), CAST(?3 AS BIGINT), CAST(?4 AS TEXT)
+     WHERE NOT EXISTS (
+         SELECT 1 FROM api_keys k JOIN accounts a ON a.id = k.account_id
+         WHERE k.secret_id = ?1 AND (k.enabled = 0 OR a.blocked <> 0))
+     ON CONFLICT DO NOTHING RETURNING id";
+
+/// Appends the nonce's row; `None` when a unique key refused it (a shared database) or
+/// the key is no longer usable (disabled, or its account blocked).
 fn insert(db: &mut dyn Db, claim: &NonceClaim) -> StoreResult<Option<i64>> {
     db.query_opt(
-        "INSERT INTO nonces (secret_id, nonce, expires_at, signature) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT DO NOTHING RETURNING id",
+        INSERT_NONCE_SQL,
         args![
             claim.secret_id.as_str(),
             claim.nonce.get() as i64,
