@@ -4760,6 +4760,25 @@ pub async fn concurrent_completions_each_record_their_own_outcome(store: Arc<dyn
     assert_eq!(fenced_completions(store.as_ref()).await, fenced_before + 30);
 }
 
+/// A chain of one task on `instance` (a StopInstances that changes nothing): its group and
+/// its task.
+async fn stop_as_a_chain(
+    store: &dyn Store,
+    account: AccountId,
+    instance: &ResourceId,
+) -> (RequestId, RequestId) {
+    let (sub, _) = submission(
+        account,
+        gz(),
+        "StopInstances",
+        true,
+        vec![existing(instance, &[], Effect::default())],
+        T0 + 1,
+    );
+    let report = submit_new(store, sub).await;
+    (report.group.expect("a group"), only_task(&report))
+}
+
 /// Reads of several statements — by name (a task, a chain, nothing), a chain, the task and
 /// resource listings — leave no read transaction open: `holds_snapshot` (the backend's
 /// test) tells whether a connection of the store still holds one, which would keep the WAL
@@ -4770,16 +4789,7 @@ pub async fn multi_statement_reads_leave_no_transaction_open(
 ) {
     let a = account(store, "main").await;
     instance(store, a, gz(), &ins(1), "RUNNING", json!({}), T0).await;
-    let (sub, _) = submission(
-        a,
-        gz(),
-        "StopInstances",
-        true,
-        vec![existing(&ins(1), &[], Effect::default())],
-        T0 + 1,
-    );
-    let report = submit_new(store, sub).await;
-    let (group, task) = (report.group.expect("a group"), only_task(&report));
+    let (group, task) = stop_as_a_chain(store, a, &ins(1)).await;
     let unknown = RequestId::new(group.get() + 1_000).expect("an ID");
     assert!(!holds_snapshot(), "before the reads");
     for id in [task, group, unknown] {
@@ -4889,16 +4899,7 @@ pub async fn task_and_group_reads_are_account_scoped(store: &dyn Store) {
     let b = account(store, "other").await;
     instance(store, a, gz(), &ins(1), "RUNNING", json!({}), T0).await;
     let theirs = instance(store, b, gz(), &ins(2), "RUNNING", json!({}), T0).await;
-    let (sub, _) = submission(
-        a,
-        gz(),
-        "StopInstances",
-        true,
-        vec![existing(&ins(1), &[], Effect::default())],
-        T0 + 1,
-    );
-    let report = submit_new(store, sub).await;
-    let (group, task) = (report.group.expect("a group"), only_task(&report));
+    let (group, task) = stop_as_a_chain(store, a, &ins(1)).await;
 
     assert!(store.task(a, task).await.expect("task").is_some());
     assert!(store.group(a, group).await.expect("group").is_some());
