@@ -145,9 +145,9 @@ async fn unfinished(
     let Some(named) = store.named(account, id).await? else {
         return Ok(None);
     };
-    let tasks = named.into_tasks();
     Ok(Some(
-        tasks
+        named
+            .tasks()
             .iter()
             .filter(|t| t.state.is_unfinished())
             .map(|t| t.id)
