@@ -8,6 +8,7 @@
 //! against.
 
 mod audit;
+mod key_changes;
 mod nonces;
 mod reads;
 mod sealing;
@@ -24,6 +25,7 @@ use sql::Db;
 use std::sync::Arc;
 use writer::{WriteConn, WriteMode, WriterHandle};
 
+pub use key_changes::KeyChanges;
 pub use sealing::MasterKey;
 
 /// Queries that run again and again whatever the store's size (rescue, the sweep for
@@ -79,6 +81,8 @@ pub struct SqlStore<M: r2d2::ManageConnection> {
     after_reseal: Option<AfterReseal>,
     /// Whether a point read may run on the calling async thread (see [`Self::point_read`]).
     inline_point_reads: bool,
+    /// Where key changes are marked, on a database one process serves (see `key_changes`).
+    key_changes: Option<KeyChanges>,
 }
 
 impl<M> SqlStore<M>
@@ -113,7 +117,40 @@ where
             cluster,
             after_reseal: None,
             inline_point_reads: false,
+            key_changes: None,
         })
+    }
+
+    /// Marks key changes in `changes`, and lets queries trust a key found usable until
+    /// the next one (a database one process serves; see `key_changes`).
+    pub fn with_key_changes(mut self, changes: KeyChanges) -> Self {
+        self.key_changes = Some(changes);
+        self
+    }
+
+    /// Refuses a key disabled, or an account blocked, since the caller read the key;
+    /// reads the key unless it was found usable since the last key change.
+    async fn check_key_still_valid(&self, claim: NonceClaim) -> StoreResult<NonceClaim> {
+        let generation = self.key_changes.as_ref().and_then(KeyChanges::generation);
+        if let Some(changes) = &self.key_changes {
+            if changes.trusted(&claim.secret_id, generation) {
+                return Ok(claim);
+            }
+        }
+        let claim = self
+            .point_read(move |db| nonces::key_still_valid(db, &claim.secret_id).map(|()| claim))
+            .await?;
+        if let Some(changes) = &self.key_changes {
+            changes.found_usable(&claim.secret_id, generation);
+        }
+        Ok(claim)
+    }
+
+    /// After a committed change that may make keys unusable.
+    fn keys_changed(&self) {
+        if let Some(changes) = &self.key_changes {
+            changes.announce();
+        }
     }
 
     /// Lets reads of one row by its key run on the calling async thread when a read
@@ -290,9 +327,26 @@ where
     M::Connection: Db,
 {
     async fn record_nonce(&self, claim: NonceClaim) -> StoreResult<NonceOutcome> {
-        // One insert, refused without a change. Lazy: a power failure can only lose
-        // nonces of queries (a mutating call's nonce commits with its tasks), and a
-        // replayed query changes nothing.
+        if let Some(index) = self.writer.nonce_index() {
+            // A database no other process writes: the query's nonce is claimed in memory
+            // (see `nonces`), once its key is known to be still usable.
+            let claim = self.check_key_still_valid(claim).await?;
+            let found = writer::lock_nonces(index).claim_query(&claim);
+            return match found {
+                nonces::QueryClaim::Fresh => Ok(NonceOutcome::Fresh),
+                nonces::QueryClaim::Resent => Ok(NonceOutcome::Resent { answer: None }),
+                nonces::QueryClaim::Reused => nonces::resent_or_reused(&claim, None),
+                nonces::QueryClaim::Stored { row } => {
+                    let (earlier, claim) = self
+                        .point_read(move |db| Ok((nonces::stored(db, row, &claim)?, claim)))
+                        .await?;
+                    nonces::resent_or_reused(&claim, earlier)
+                }
+            };
+        }
+        // On a shared database: one insert, refused without a change. Lazy: a power
+        // failure can only lose nonces of queries (a mutating call's nonce commits with
+        // its tasks), and a replayed query changes nothing.
         let mode = WriteMode {
             atomic: true,
             lazy: true,
@@ -494,16 +548,22 @@ where
 
     async fn set_key_enabled(&self, secret_id: &SecretId, enabled: bool) -> StoreResult<bool> {
         let secret_id = secret_id.clone();
-        self.writer
+        let changed = self
+            .writer
             .write(move |db, _| writes::set_key_enabled(db, &secret_id, enabled))
-            .await
+            .await?;
+        self.keys_changed();
+        Ok(changed)
     }
 
     async fn set_account_blocked(&self, name: &str, blocked: bool) -> StoreResult<bool> {
         let name = name.to_owned();
-        self.writer
+        let changed = self
+            .writer
             .write(move |db, _| writes::set_account_blocked(db, &name, blocked))
-            .await
+            .await?;
+        self.keys_changed();
+        Ok(changed)
     }
 
     async fn keys(&self) -> StoreResult<Vec<ApiKey>> {

@@ -3,17 +3,22 @@
 //!
 //! Both backends append rows to `nonces` (`id` in arrival order). How a reuse is found
 //! depends on who writes the database:
-//! - one process (SQLite): the table has no index on the nonce; the writer keeps one in
+//! - one process (SQLite): the table has no index on the nonce; the store keeps one in
 //!   memory, a [`NonceIndex`]. A unique index over client-chosen random numbers put each
 //!   request's nonce on a B-tree page of its own, and that page into the commit: two of
-//!   the seven WAL frames a `RunInstances` wrote (BENCHMARKS.md).
+//!   the seven WAL frames a `RunInstances` wrote (BENCHMARKS.md). A query's nonce lives in
+//!   that index only, claimed on the caller's thread without the writer: a query changes
+//!   nothing, so all a restart can cost is that a query resent across it is answered
+//!   again — where going through the writer cost a third of a `describe`'s CPU.
 //! - several nodes (PostgreSQL): the primary key `(secret_id, nonce)` refuses a reuse
 //!   whichever node sees it.
 
 use crate::args;
 use crate::sql::{Db, Row};
-use qtask_store::{NonceClaim, StoreError, StoreResult};
-use std::collections::HashMap;
+use qtask_store::{NonceClaim, NonceOutcome, StoreError, StoreResult};
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 
 /// A nonce as the index keys it: the SecretId's number in `secrets`, and the nonce.
 type Key = (u32, u64);
@@ -23,10 +28,21 @@ type Key = (u32, u64);
 /// insert enters it at once (a later job of the same transaction must see it) and a
 /// deletion leaves it only when it commits; an insert rolled back leaves it again.
 /// A row ID found here is still read back with its key before it is believed.
+///
+/// Queries' nonces are kept beside the rows, in memory only, until they expire.
 #[derive(Default)]
 pub struct NonceIndex {
     secrets: HashMap<String, u32>,
     rows: HashMap<Key, i64>,
+    /// Queries' nonces and their requests' signatures, hashed: equal means the same
+    /// request resent. (A collision could only make a caller's own other query count
+    /// as a resend, and a resent query is answered again.)
+    queries: HashMap<Key, u64>,
+    /// The queries' nonces in arrival order, for their expiry: nearly in expiry order
+    /// (a nonce expires a fixed time after its request's timestamp), and one that stays
+    /// a little longer is harmless, since its request's timestamp has left the window.
+    query_expiry: VecDeque<(i64, Key)>,
+    signatures: RandomState,
     /// Rows inserted by the open transaction: removed again if it rolls back.
     inserted: Vec<(Key, i64)>,
     /// Rows deleted by the open transaction: forgotten once it commits.
@@ -122,10 +138,101 @@ impl NonceIndex {
         });
     }
 
+    /// Claims a query's nonce in memory: fresh (now held), the same query resent, or
+    /// a nonce a stored row holds (its signature must be read back to tell).
+    pub fn claim_query(&mut self, claim: &NonceClaim) -> QueryClaim {
+        let key = self.key(claim.secret_id.as_str(), claim.nonce.get());
+        if let Some(&row) = self.rows.get(&key) {
+            return QueryClaim::Stored { row };
+        }
+        let signature = self.signatures.hash_one(&claim.signature);
+        match self.queries.entry(key) {
+            Entry::Occupied(held) if *held.get() == signature => QueryClaim::Resent,
+            Entry::Occupied(_) => QueryClaim::Reused,
+            Entry::Vacant(free) => {
+                free.insert(signature);
+                self.query_expiry.push_back((claim.expires_at, key));
+                QueryClaim::Fresh
+            }
+        }
+    }
+
+    /// Whether a query holds `key`, and with the same signature.
+    fn held_by_query(&self, key: Key, signature: &str) -> Option<bool> {
+        self.queries
+            .get(&key)
+            .map(|held| *held == self.signatures.hash_one(signature))
+    }
+
+    /// Forgets up to `limit` queries' nonces that expired before `expired_before`;
+    /// returns how many.
+    pub fn purge_queries(&mut self, expired_before: i64, limit: u64) -> u64 {
+        let mut purged = 0;
+        while purged < limit {
+            match self.query_expiry.front() {
+                Some(&(expires_at, key)) if expires_at < expired_before => {
+                    self.query_expiry.pop_front();
+                    self.queries.remove(&key);
+                    purged += 1;
+                }
+                _ => break,
+            }
+        }
+        purged
+    }
+
     /// How many nonces the index holds.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.len() + self.queries.len()
+    }
+}
+
+/// What a query's nonce found in memory (see [`NonceIndex::claim_query`]).
+#[derive(Debug, PartialEq)]
+pub enum QueryClaim {
+    Fresh,
+    Resent,
+    Reused,
+    /// A stored request's nonce (a mutating one, or a query of an earlier run).
+    Stored {
+        row: i64,
+    },
+}
+
+/// A stored nonce's signature and kept answer, if its row is committed (an insert the
+/// writer has not committed yet is not visible to a reader).
+pub fn stored(
+    db: &mut dyn Db,
+    row: i64,
+    claim: &NonceClaim,
+) -> StoreResult<Option<(String, Option<String>)>> {
+    db.query_opt(
+        "SELECT signature, answer FROM nonces WHERE id = ?1 AND secret_id = ?2 AND nonce = ?3",
+        args![row, claim.secret_id.as_str(), claim.nonce.get() as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// What a query with `claim`'s signature gets, given the nonce's earlier request (its
+/// signature and kept answer), if any: the kept answer for the same request, else a
+/// refusal.
+pub fn resent_or_reused(
+    claim: &NonceClaim,
+    earlier: Option<(String, Option<String>)>,
+) -> StoreResult<NonceOutcome> {
+    match earlier {
+        Some((signature, answer)) if signature == claim.signature => {
+            Ok(NonceOutcome::Resent { answer })
+        }
+        _ => Err(reused(claim)),
+    }
+}
+
+fn reused(claim: &NonceClaim) -> StoreError {
+    StoreError::NonceReused {
+        secret_id: claim.secret_id.clone(),
+        nonce: claim.nonce.get(),
     }
 }
 
@@ -151,13 +258,17 @@ pub fn claim(
     let earlier = match index {
         Some(index) => {
             let key = index.key(secret_id, nonce);
+            if let Some(same) = index.held_by_query(key, &claim.signature) {
+                // A query's nonce, in memory only (a request resent is the query again).
+                key_still_valid(db, &claim.secret_id)?;
+                return if same {
+                    Ok(Claimed::Resent { answer: None })
+                } else {
+                    Err(reused(claim))
+                };
+            }
             let earlier = match index.rows.get(&key) {
-                Some(&row) => db.query_opt(
-                    "SELECT signature, answer FROM nonces
-                     WHERE id = ?1 AND secret_id = ?2 AND nonce = ?3",
-                    args![row, secret_id, nonce as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?,
+                Some(&row) => stored(db, row, claim)?,
                 None => None,
             };
             if earlier.is_none() {
@@ -185,10 +296,7 @@ pub fn claim(
     if signature == claim.signature {
         Ok(Claimed::Resent { answer })
     } else {
-        Err(StoreError::NonceReused {
-            secret_id: claim.secret_id.clone(),
-            nonce,
-        })
+        Err(reused(claim))
     }
 }
 
@@ -198,7 +306,7 @@ pub fn claim(
 /// keep keys in memory (`qtask-server`'s key cache) and still refuse a key from the first
 /// call after `qtask keys disable` commits, on any node. A key that is not stored is left
 /// to the caller (keys are never deleted; the caller found it).
-fn key_still_valid(db: &mut dyn Db, secret_id: &qtask_core::SecretId) -> StoreResult<()> {
+pub fn key_still_valid(db: &mut dyn Db, secret_id: &qtask_core::SecretId) -> StoreResult<()> {
     let state: Option<(bool, bool, String)> = db.query_opt(
         "SELECT k.enabled, a.blocked, a.name FROM api_keys k JOIN accounts a ON a.id = k.account_id
          WHERE k.secret_id = ?1",
@@ -245,13 +353,14 @@ pub fn store_answer(db: &mut dyn Db, row: i64, answer: &str) -> StoreResult<()> 
     Ok(())
 }
 
-/// Deletes up to `batch` nonces that expired before `expired_before`; returns how many.
+/// Deletes up to `batch` stored nonces that expired before `expired_before`, and
+/// forgets up to `batch` queries' nonces held in memory; returns how many of each.
 pub fn purge(
     db: &mut dyn Db,
     index: Option<&mut NonceIndex>,
     expired_before: i64,
     batch: i64,
-) -> StoreResult<u64> {
+) -> StoreResult<(u64, u64)> {
     let deleted: Vec<(i64, String, i64)> = db.query_all(
         "DELETE FROM nonces WHERE id IN
              (SELECT id FROM nonces WHERE expires_at < ?1 LIMIT ?2)
@@ -259,13 +368,15 @@ pub fn purge(
         args![expired_before, batch],
         |r: &Row| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
+    let mut queries = 0;
     if let Some(index) = index {
         for (id, secret_id, nonce) in &deleted {
             let key = index.key(secret_id, *nonce as u64);
             index.deleted.push((key, *id));
         }
+        queries = index.purge_queries(expired_before, batch as u64);
     }
-    Ok(deleted.len() as u64)
+    Ok((deleted.len() as u64, queries))
 }
 
 #[cfg(test)]
@@ -350,6 +461,74 @@ mod tests {
             "a rolled-back transaction's"
         );
         assert_eq!(index.len(), 2, "nothing stale is left");
+    }
+
+    fn query(secret_id: &str, nonce: u64, signature: &str, expires_at: i64) -> NonceClaim {
+        NonceClaim {
+            secret_id: secret_id.parse().expect("a SecretId"),
+            nonce: qtask_core::Nonce::new(nonce).expect("a nonce"),
+            expires_at,
+            signature: signature.into(),
+        }
+    }
+
+    #[test]
+    fn a_query_nonce_is_fresh_once_then_resent_or_reused() {
+        let mut index = loaded(&[("AKIDa", 1, 10)]);
+        let claim = |index: &mut NonceIndex, nonce, signature| {
+            index.claim_query(&query("AKIDa", nonce, signature, 100))
+        };
+        assert_eq!(claim(&mut index, 2, "sig-a"), QueryClaim::Fresh);
+        assert_eq!(claim(&mut index, 2, "sig-a"), QueryClaim::Resent);
+        assert_eq!(claim(&mut index, 2, "sig-b"), QueryClaim::Reused);
+        assert_eq!(
+            claim(&mut index, 2, "sig-a"),
+            QueryClaim::Resent,
+            "a refused reuse does not replace the first query"
+        );
+        assert_eq!(
+            claim(&mut index, 1, "sig-a"),
+            QueryClaim::Stored { row: 10 },
+            "a stored row's nonce is told by its row"
+        );
+        assert_eq!(
+            index.claim_query(&query("AKIDb", 2, "sig-b", 100)),
+            QueryClaim::Fresh,
+            "another SecretId's nonce 2 is its own"
+        );
+        let k2 = key(&mut index, "AKIDa", 2);
+        assert_eq!(index.held_by_query(k2, "sig-a"), Some(true));
+        assert_eq!(index.held_by_query(k2, "sig-b"), Some(false));
+        let k3 = key(&mut index, "AKIDa", 3);
+        assert_eq!(index.held_by_query(k3, "sig-a"), None);
+    }
+
+    #[test]
+    fn query_nonces_are_forgotten_once_expired_oldest_first_at_most_a_batch() {
+        let mut index = NonceIndex::default();
+        for (nonce, expires_at) in [(1, 10), (2, 20), (3, 30), (4, 1_000), (5, 25)] {
+            assert_eq!(
+                index.claim_query(&query("AKIDa", nonce, "sig", expires_at)),
+                QueryClaim::Fresh
+            );
+        }
+        assert_eq!(index.purge_queries(100, 2), 2, "a batch at most");
+        assert_eq!(index.purge_queries(100, 10), 1, "up to the unexpired one");
+        assert_eq!(
+            index.purge_queries(100, 10),
+            0,
+            "one expired behind it waits for it"
+        );
+        assert_eq!(index.len(), 2);
+        for (nonce, fresh) in [(1, true), (3, true), (4, false), (5, false)] {
+            let found = index.claim_query(&query("AKIDa", nonce, "other", 2_000));
+            assert_eq!(
+                found == QueryClaim::Fresh,
+                fresh,
+                "nonce {nonce}: {found:?}"
+            );
+        }
+        assert_eq!(index.purge_queries(1_001, 10), 2, "4 and 5 in their turn");
     }
 
     #[test]

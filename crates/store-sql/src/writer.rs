@@ -14,7 +14,7 @@ use crate::nonces::{self, NonceIndex};
 use crate::sql::{Db, Row};
 use qtask_store::{StoreError, StoreResult};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 /// The most jobs one transaction takes. Large enough to amortise the fsync, small
@@ -90,8 +90,20 @@ pub struct WriterState {
     fences: Counter,
     /// Set by a job that made tasks runnable: a shared database tells the other nodes.
     pub(crate) woke_tasks: bool,
-    /// The stored nonces, on a database no other process writes (see `nonces`).
-    pub(crate) nonces: Option<NonceIndex>,
+    /// The nonces, on a database no other process writes (see `nonces`): shared with
+    /// the store, which claims queries' nonces in it on the callers' threads.
+    pub(crate) nonces: Option<SharedNonceIndex>,
+}
+
+/// The nonce index of a database no other process writes, shared by the writer and
+/// the store's callers.
+pub type SharedNonceIndex = Arc<Mutex<NonceIndex>>;
+
+/// The index, also after a panic elsewhere: each of its changes leaves it consistent.
+pub fn lock_nonces(index: &SharedNonceIndex) -> MutexGuard<'_, NonceIndex> {
+    index
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl WriterState {
@@ -103,7 +115,7 @@ impl WriterState {
             nonces: if shared {
                 None
             } else {
-                Some(NonceIndex::load(db)?)
+                Some(Arc::new(Mutex::new(NonceIndex::load(db)?)))
             },
         })
     }
@@ -142,27 +154,32 @@ impl WriterState {
     fn committed(&mut self) {
         self.ids.persisted = self.ids.next;
         self.fences.persisted = self.fences.next;
-        if let Some(nonces) = &mut self.nonces {
+        if let Some(mut nonces) = self.nonce_index() {
             nonces.committed();
         }
     }
 
     fn rolled_back(&mut self) {
-        if let Some(nonces) = &mut self.nonces {
+        if let Some(mut nonces) = self.nonce_index() {
             nonces.rolled_back();
         }
     }
 
     /// Where a job starts, to undo what it told the state if it fails.
     fn mark(&self) -> Option<nonces::Mark> {
-        self.nonces.as_ref().map(NonceIndex::mark)
+        self.nonce_index().map(|nonces| nonces.mark())
     }
 
     /// The job that started at `mark` failed and its changes were undone.
     fn job_failed(&mut self, mark: Option<nonces::Mark>) {
-        if let (Some(nonces), Some(mark)) = (&mut self.nonces, mark) {
+        if let (Some(mut nonces), Some(mark)) = (self.nonce_index(), mark) {
             nonces.undo_to(mark);
         }
+    }
+
+    /// The nonce index, locked (a database no other process writes).
+    pub(crate) fn nonce_index(&self) -> Option<MutexGuard<'_, NonceIndex>> {
+        self.nonces.as_ref().map(lock_nonces)
     }
 }
 
@@ -204,6 +221,7 @@ pub struct WriteMode {
 #[derive(Clone)]
 pub struct WriterHandle {
     jobs: mpsc::Sender<Queued>,
+    nonces: Option<SharedNonceIndex>,
 }
 
 impl WriterHandle {
@@ -211,12 +229,18 @@ impl WriterHandle {
     pub fn spawn<C: WriteConn>(mut conn: C) -> StoreResult<Self> {
         let shared = conn.shared();
         let state = WriterState::load(&mut conn, shared)?;
+        let nonces = state.nonces.clone();
         let (jobs, inbox) = mpsc::channel::<Queued>();
         std::thread::Builder::new()
             .name("qtask-store-writer".into())
             .spawn(move || run(conn, state, inbox))
             .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, nonces })
+    }
+
+    /// The nonce index the writer keeps, on a database no other process writes.
+    pub fn nonce_index(&self) -> Option<&SharedNonceIndex> {
+        self.nonces.as_ref()
     }
 
     /// Runs `op` in the next group commit and answers once it is durable.

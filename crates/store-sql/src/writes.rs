@@ -17,10 +17,12 @@ pub fn record_nonce(
     state: &mut WriterState,
     claim: &NonceClaim,
 ) -> StoreResult<NonceOutcome> {
-    Ok(match nonces::claim(db, state.nonces.as_mut(), claim)? {
-        Claimed::Fresh { .. } => NonceOutcome::Fresh,
-        Claimed::Resent { answer } => NonceOutcome::Resent { answer },
-    })
+    Ok(
+        match nonces::claim(db, state.nonce_index().as_deref_mut(), claim)? {
+            Claimed::Fresh { .. } => NonceOutcome::Fresh,
+            Claimed::Resent { answer } => NonceOutcome::Resent { answer },
+        },
+    )
 }
 
 pub fn submit(
@@ -57,7 +59,7 @@ fn submit_tasks(
         audit: _,
     } = submission;
 
-    let nonce_row = match nonces::claim(db, state.nonces.as_mut(), &nonce)? {
+    let nonce_row = match nonces::claim(db, state.nonce_index().as_deref_mut(), &nonce)? {
         Claimed::Fresh { row } => row,
         Claimed::Resent {
             answer: Some(answer),
@@ -1233,18 +1235,19 @@ pub fn purge(
 args![account, purged])?;
     }
 
-    report.nonces = nonces::purge(
+    let (stored_nonces, queries_nonces) = nonces::purge(
         db,
-        state.nonces.as_mut(),
+        state.nonce_index().as_deref_mut(),
         retention.nonces_expired_before,
         batch,
     )?;
+    report.nonces = stored_nonces + queries_nonces;
     report.tokens = db.execute(
         "DELETE FROM client_tokens WHERE (account_id, token) IN
              (SELECT account_id, token FROM client_tokens WHERE created_at < ?1 LIMIT ?2)",
         args![retention.tokens_created_before, batch],
     )?;
-    let mut full = [report.tasks, report.nonces, report.tokens]
+    let mut full = [report.tasks, stored_nonces, queries_nonces, report.tokens]
         .iter()
         .any(|n| *n as i64 >= batch);
     for rule in &retention.resources {

@@ -13,7 +13,7 @@ mod migrations;
 use qtask_store::{StoreError, StoreResult};
 use qtask_store_sql::sql::{Db, Dialect, Row, Value};
 use qtask_store_sql::writer::WriteConn;
-use qtask_store_sql::SqlStore;
+use qtask_store_sql::{KeyChanges, SqlStore};
 use r2d2_sqlite::rusqlite::types::{ToSqlOutput, ValueRef};
 use r2d2_sqlite::rusqlite::{self, Connection, OpenFlags, ToSql};
 use r2d2_sqlite::SqliteConnectionManager;
@@ -89,7 +89,18 @@ pub fn open(path: &Path) -> StoreResult<SqliteStore> {
     let writer = SqliteConn::writer(conn);
     Ok(SqlStore::new(writer, readers, None)?
         .with_after_reseal(Box::new(move || checkpoint(&checkpoint_path)))
-        .with_inline_point_reads())
+        .with_inline_point_reads()
+        .with_key_changes(KeyChanges::open(key_changes_marker(path)).map_err(|e| {
+            StoreError::Backend(format!("cannot open the key changes' marker: {e}"))
+        })?))
+}
+
+/// The file beside the database where key changes are marked (`qtask.db-keys`, as
+/// SQLite names its `-wal` and `-shm`): see `qtask_store_sql::KeyChanges`.
+pub fn key_changes_marker(database: &Path) -> std::path::PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-keys");
+    name.into()
 }
 
 /// Copies the WAL into the database file now, so the pages that held plain keys

@@ -1542,6 +1542,52 @@ pub async fn one_nonce_sent_at_once_by_many_is_fresh_once(store: Arc<dyn Store>)
     }
 }
 
+/// One nonce used at once by queries and by submissions, each another request: exactly
+/// one of them spends it, every other is a reuse, and only a winning submission's task
+/// exists. (A store that claims queries' nonces outside its writer must still check both
+/// kinds against each other atomically.)
+pub async fn one_nonce_raced_by_queries_and_submissions_is_spent_once(store: Arc<dyn Store>) {
+    let a = account(&*store, "main").await;
+    let me = secret();
+    let handles: Vec<_> = (0..40u32)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let claim = nonce_claim(&me, 9, &format!("request {n}"));
+            tokio::spawn(async move {
+                if n % 2 == 0 {
+                    return (n, store.record_nonce(claim).await.map(drop));
+                }
+                let created = new_resource(&ins(n), KIND, "PENDING", json!({}));
+                let (mut sub, _) = submission(
+                    a,
+                    gz(),
+                    "RunInstances",
+                    false,
+                    vec![creating(created, Effect::default())],
+                    T0,
+                );
+                sub.nonce = claim;
+                (n, store.submit(sub).await.map(drop))
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for handle in handles {
+        match handle.await.expect("a caller panicked") {
+            (n, Ok(())) => winners.push(n),
+            (_, Err(StoreError::NonceReused { nonce: 9, .. })) => {}
+            (n, other) => panic!("request {n}: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let tasks = all_tasks(&*store, a).await;
+    assert_eq!(
+        tasks.items.len(),
+        usize::from(winners[0] % 2 == 1),
+        "{tasks:?}"
+    );
+}
+
 /// A submission's answer is kept with its nonce: the identical request again (same nonce,
 /// same signature) gets it byte for byte and changes nothing; a query resending it sees
 /// it; another signature with that nonce is a reuse.
@@ -5967,6 +6013,7 @@ macro_rules! conformance_tests {
             concurrent_completions_each_record_their_own_outcome,
             a_completion_racing_a_rescue_counts_once,
             one_nonce_sent_at_once_by_many_is_fresh_once,
+            one_nonce_raced_by_queries_and_submissions_is_spent_once,
         );
     };
     (@each $fresh:path; $($behaviour:ident),* $(,)?) => {$(
