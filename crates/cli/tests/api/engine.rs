@@ -481,10 +481,21 @@ async fn retention_deletes_old_tasks_and_returned_instances_and_says_expired() {
 
 #[tokio::test]
 async fn sigterm_drains_with_6200_then_the_next_start_takes_the_released_task_at_once() {
-    // StopInstances takes 8 s; the grace period is 1 s.
+    // StopInstances takes 8 s; the grace period is 1 s. The simulator's journal tells
+    // every attempt, should their count ever differ.
+    let journal_dir = tempfile::tempdir().expect("a directory");
+    let journal = journal_dir.path().join("attempts.jsonl");
+    let journal_arg = journal.display().to_string();
     let (mut app, ids) = app_with(
         &["draining"],
-        &["--sim-speed", "1", "--shutdown-grace", "1"],
+        &[
+            "--sim-speed",
+            "1",
+            "--shutdown-grace",
+            "1",
+            "--sim-journal",
+            &journal_arg,
+        ],
     )
     .await;
     let stop = chain(&app, "StopInstances", &[&ids[0]], &[]).await;
@@ -513,13 +524,14 @@ async fn sigterm_drains_with_6200_then_the_next_start_takes_the_released_task_at
     );
     assert!(app.wait_exit().success());
 
-    app.restart(Some(&["--sim-speed", "0"]));
+    app.restart(Some(&["--sim-speed", "0", "--sim-journal", &journal_arg]));
     app.wait_output("Resuming 1 unfinished task").await;
     let done = app.wait_final(&task).await;
     assert_eq!(
         (&done["state"], &done["attempts"]),
         (&"SUCCESS".into(), &2.into()),
-        "{done}"
+        "{done}\nattempts:\n{}",
+        std::fs::read_to_string(&journal).unwrap_or_default()
     );
 }
 
