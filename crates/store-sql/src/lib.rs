@@ -73,6 +73,7 @@ pub struct SqlStore<M: r2d2::ManageConnection> {
     /// Claims and completions waiting to share a writer job with others of their kind.
     claims: Shared<(RequestId, Lease), Option<ClaimedTask>>,
     completions: Shared<writes::Completing, Completion>,
+    submissions: Shared<Submission, Submitted>,
     readers: r2d2::Pool<M>,
     /// Seals SecretKeys before they are written and opens them when read; without it
     /// keys are stored as given (tests of the store alone).
@@ -112,6 +113,7 @@ where
                 writes::claim_many,
             ),
             completions: Shared::new(WriteMode::default(), writes::complete_many),
+            submissions: Shared::new(WriteMode::default(), writes::submit_many),
             readers,
             master_key: None,
             cluster,
@@ -357,8 +359,7 @@ where
     }
 
     async fn submit(&self, submission: Submission) -> StoreResult<Submitted> {
-        self.write_waking(move |db, s| writes::submit(db, s, submission))
-            .await
+        self.submissions.write(&self.writer, submission).await
     }
 
     async fn claim(&self, task: RequestId, lease: Lease) -> StoreResult<Option<ClaimedTask>> {

@@ -318,15 +318,19 @@ fn guarded<T>(
     result.and_then(|value| flushed.map(|()| value))
 }
 
+/// Runs `op` in a savepoint: if it fails, what it changed is undone, in the database
+/// and in the writer's state (the nonces it entered).
 pub(crate) fn in_savepoint<T>(
     db: &mut dyn Db,
     state: &mut WriterState,
     op: impl FnOnce(&mut dyn Db, &mut WriterState) -> StoreResult<T>,
 ) -> StoreResult<T> {
     db.control("SAVEPOINT job")?;
+    let mark = state.mark();
     let result = guarded(&mut *db, state, op);
     if result.is_err() {
         db.control("ROLLBACK TO SAVEPOINT job")?;
+        state.job_failed(mark);
     }
     db.control("RELEASE SAVEPOINT job")?;
     result

@@ -25,15 +25,53 @@ pub fn record_nonce(
     )
 }
 
-pub fn submit(
+/// Submissions that arrived together, in one savepoint: a savepoint per submission
+/// copied each page it touched first (8 % of the writer's time in an `e2e` profile on
+/// SQLite; two commands per submission on PostgreSQL), while consecutive submissions
+/// touch mostly the same pages. If one fails, the savepoint rolls back and each runs
+/// again in a savepoint of its own, so that a refusal stays its own. A submission alone
+/// needs none: the writer rolls its job back if it fails.
+pub fn submit_many(
     db: &mut dyn Db,
     state: &mut WriterState,
-    mut submission: Submission,
+    submissions: Vec<Submission>,
+) -> StoreResult<Vec<StoreResult<Submitted>>> {
+    let answers = if let [one] = submissions.as_slice() {
+        vec![Ok(submit(db, state, one)?)]
+    } else {
+        let together = in_savepoint(db, state, |db, state| {
+            submissions
+                .iter()
+                .map(|submission| submit(db, state, submission))
+                .collect::<StoreResult<Vec<_>>>()
+        });
+        match together {
+            Ok(submitted) => submitted.into_iter().map(Ok).collect(),
+            Err(_) => submissions
+                .iter()
+                .map(|submission| {
+                    in_savepoint(db, state, |db, state| submit(db, state, submission))
+                })
+                .collect(),
+        }
+    };
+    state.woke_tasks |= answers.iter().any(|answer| {
+        answer
+            .as_ref()
+            .is_ok_and(crate::MakesRunnable::makes_runnable)
+    });
+    Ok(answers)
+}
+
+fn submit(
+    db: &mut dyn Db,
+    state: &mut WriterState,
+    submission: &Submission,
 ) -> StoreResult<Submitted> {
-    let audit = submission.audit.take();
     let submitted = submit_tasks(db, state, submission)?;
-    if let Some(mut entry) = audit {
+    if let Some(entry) = &submission.audit {
         // In the submission's transaction: no commit of its own.
+        let mut entry = entry.clone();
         entry.complete_from_answer(submitted.answer());
         crate::audit::append(db, &entry)?;
     }
@@ -43,7 +81,7 @@ pub fn submit(
 fn submit_tasks(
     db: &mut dyn Db,
     state: &mut WriterState,
-    submission: Submission,
+    submission: &Submission,
 ) -> StoreResult<Submitted> {
     let Submission {
         account,
@@ -58,8 +96,9 @@ fn submit_tasks(
         limits,
         audit: _,
     } = submission;
+    let (account, grouped, now, limits) = (*account, *grouped, *now, *limits);
 
-    let nonce_row = match nonces::claim(db, state.nonce_index().as_deref_mut(), &nonce)? {
+    let nonce_row = match nonces::claim(db, state.nonce_index().as_deref_mut(), nonce)? {
         Claimed::Fresh { row } => row,
         Claimed::Resent {
             answer: Some(answer),
@@ -73,7 +112,7 @@ fn submit_tasks(
             })
         }
     };
-    if let Some(key) = &idempotency {
+    if let Some(key) = idempotency {
         if let Some(first_answer) = earlier_answer(db, account, key)? {
             nonces::store_answer(db, nonce_row, &first_answer)?;
             return Ok(Submitted::Repeated {
@@ -85,14 +124,14 @@ fn submit_tasks(
     let group = grouped.then(|| RequestId::new(state.allocate_id()).expect("IDs start at 1"));
     let mut outcomes = Vec::with_capacity(tasks.len());
     let mut runnable = Vec::with_capacity(tasks.len());
-    for planned in &tasks {
+    for planned in tasks {
         let resource = planned.target.resource_id().clone();
         let outcome = plan_one(
             db,
             state,
             account,
             region.as_str(),
-            &action,
+            action,
             group,
             planned,
             now,
@@ -125,7 +164,7 @@ fn submit_tasks(
     }
     let answer = answer(&report);
     nonces::store_answer(db, nonce_row, &answer)?;
-    if let Some(key) = &idempotency {
+    if let Some(key) = idempotency {
         db.send(
             "INSERT INTO client_tokens (account_id, token, fingerprint, answer, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)

@@ -64,8 +64,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Renders the answer of a submission inside the transaction that commits it, so the
 /// exact answer can be kept for a resent request (same nonce, same signature) or a
-/// repeated client token.
-pub type AnswerFn = Box<dyn FnOnce(&SubmitReport) -> String + Send>;
+/// repeated client token. It may be called more than once (a store may run a
+/// submission again after one it was grouped with failed); it must not have effects.
+pub type AnswerFn = Box<dyn Fn(&SubmitReport) -> String + Send>;
 
 #[async_trait]
 pub trait Store: AuditLog + Send + Sync + 'static {
