@@ -71,7 +71,7 @@ pub type AfterReseal = Box<dyn Fn() -> StoreResult<()> + Send + Sync>;
 pub struct SqlStore<M: r2d2::ManageConnection> {
     writer: WriterHandle,
     /// Claims and completions waiting to share a writer job with others of their kind.
-    claims: Shared<(RequestId, Lease), Option<ClaimedTask>>,
+    claims: Shared<(RequestId, Lease), Option<writes::ClaimedRow>>,
     completions: Shared<writes::Completing, Completion>,
     submissions: Shared<Submission, Submitted>,
     readers: r2d2::Pool<M>,
@@ -363,7 +363,11 @@ where
     }
 
     async fn claim(&self, task: RequestId, lease: Lease) -> StoreResult<Option<ClaimedTask>> {
-        self.claims.write(&self.writer, (task, lease)).await
+        self.claims
+            .write(&self.writer, (task, lease))
+            .await?
+            .map(writes::ClaimedRow::read)
+            .transpose()
     }
 
     async fn renew(

@@ -405,16 +405,32 @@ static CLAIMS: RowsStatement = RowsStatement::new(
     },
 );
 
+/// A claimed task's row as [`CLAIMS`] answers it, and its fence: read into a
+/// [`ClaimedTask`] by [`ClaimedRow::read`] on the caller's thread, after the commit, so
+/// that the writer does not spend its time parsing the task's JSON columns (≈ 8 % of its
+/// samples in a `chain` profile).
+pub struct ClaimedRow {
+    row: Row,
+    fence: Fence,
+}
+
+impl ClaimedRow {
+    /// The claimed task. A task whose stored columns cannot be read fails alone (its
+    /// claim stands: the lease runs out and rescue takes the task back).
+    pub fn read(self) -> StoreResult<ClaimedTask> {
+        claimed_from_row(&self.row, self.fence)
+    }
+}
+
 /// Claims each task of `claims` under its lease, in as few statements as it takes;
 /// answers in the same order, `None` for a task that is not claimable (a task named
-/// twice is claimed at most once, by its first claim). A claimed task whose stored
-/// resource cannot be read fails alone: the others' claims stand.
+/// twice is claimed at most once, by its first claim).
 pub fn claim_many(
     db: &mut dyn Db,
     state: &mut WriterState,
     claims: Vec<(RequestId, Lease)>,
-) -> StoreResult<Vec<StoreResult<Option<ClaimedTask>>>> {
-    let mut answers: Vec<StoreResult<Option<ClaimedTask>>> = Vec::with_capacity(claims.len());
+) -> StoreResult<Vec<StoreResult<Option<ClaimedRow>>>> {
+    let mut answers: Vec<StoreResult<Option<ClaimedRow>>> = Vec::with_capacity(claims.len());
     let mut fences = std::collections::HashMap::with_capacity(claims.len());
     let mut values = Vec::with_capacity(claims.len() * 5);
     for (index, (task, lease)) in claims.iter().enumerate() {
@@ -437,7 +453,7 @@ pub fn claim_many(
             .get(&id)
             .copied()
             .ok_or_else(|| StoreError::Backend(format!("claimed task {id} was not asked for")))?;
-        answers[index] = claimed_from_row(&row, fence).map(Some);
+        answers[index] = Ok(Some(ClaimedRow { row, fence }));
     }
     Ok(answers)
 }
