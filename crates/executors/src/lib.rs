@@ -13,7 +13,9 @@
 //!
 //! `attempt` counts from 1, so the receiving side can make its work idempotent per
 //! `requestId`; `chainId` is present only for a task that belongs to a chain;
-//! `resource` is the resource's attributes when the task was claimed.
+//! `params` are the call's parameters as they apply to this task (a chain's task lists
+//! only its own resource under the action's IDs parameter); `resource` is the
+//! resource's attributes when the task was claimed.
 //!
 //! # Outcomes
 //!
