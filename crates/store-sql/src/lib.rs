@@ -70,7 +70,8 @@ pub type AfterReseal = Box<dyn Fn() -> StoreResult<()> + Send + Sync>;
 /// The store over a backend's write connection and read pool `M`.
 pub struct SqlStore<M: r2d2::ManageConnection> {
     writer: WriterHandle,
-    /// Claims and completions waiting to share a writer job with others of their kind.
+    /// Submissions, claims and completions waiting to share a writer job with others of
+    /// their kind.
     claims: Shared<(RequestId, Lease), Option<writes::ClaimedRow>>,
     completions: Shared<writes::Completing, Completion>,
     submissions: Shared<Submission, Submitted>,
