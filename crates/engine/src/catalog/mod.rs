@@ -576,35 +576,40 @@ pub fn parse_request_id(args: Args<'_>, name: &str) -> Result<RequestId, ArgErro
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use qtask_core::{AccountId, Nonce};
     use serde_json::json;
 
-    #[tokio::test]
-    async fn each_task_of_a_chain_stores_the_call_parameters_for_its_own_resource() {
-        let dir = tempfile::tempdir().expect("a directory");
-        let store = qtask_store_sqlite::open(&dir.path().join("qtask.db")).expect("a store");
-        let call = Call {
+    /// A verified call of `action` with `params`, for the catalog's tests.
+    pub(crate) fn call(action: &str, params: Value) -> Call {
+        Call {
             account: AccountId(1),
             secret_id: "AKIDtest".parse().unwrap(),
             nonce: Nonce::new(1).unwrap(),
             nonce_expires_at: 0,
             signature: String::new(),
-            action: "StopInstances".into(),
+            action: action.into(),
             region: "ap-guangzhou".parse().unwrap(),
-            params: json!({
-                "instanceIds": ["ins-00000001", "ins-00000002", "ins-00000003"],
-                "forceStop": "true",
-            })
-            .as_object()
-            .unwrap()
-            .clone(),
+            params: params.as_object().unwrap().clone(),
             now: 0,
             access: Default::default(),
             main_key: true,
             source: "127.0.0.1".into(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn each_task_of_a_chain_stores_the_call_parameters_for_its_own_resource() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let store = qtask_store_sqlite::open(&dir.path().join("qtask.db")).expect("a store");
+        let call = call(
+            "StopInstances",
+            json!({
+                "instanceIds": ["ins-00000001", "ins-00000002", "ins-00000003"],
+                "forceStop": "true",
+            }),
+        );
         let catalog = Catalog::builtin();
         let plan = catalog
             .operation("StopInstances")

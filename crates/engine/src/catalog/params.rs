@@ -590,23 +590,9 @@ async fn hash_secret(secret: &str) -> Result<String, EngineError> {
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
-    use qtask_core::{AccountId, Nonce};
 
     fn call(params: Value) -> Call {
-        Call {
-            account: AccountId(1),
-            secret_id: "AKIDtest".parse().unwrap(),
-            nonce: Nonce::new(1).unwrap(),
-            nonce_expires_at: 0,
-            signature: String::new(),
-            action: "RunInstances".into(),
-            region: "ap-guangzhou".parse().unwrap(),
-            params: params.as_object().unwrap().clone(),
-            now: 0,
-            access: Default::default(),
-            main_key: true,
-            source: "127.0.0.1".into(),
-        }
+        crate::catalog::tests::call("RunInstances", params)
     }
 
     async fn run(params: Value, count: usize) -> Result<Prepared, EngineError> {
