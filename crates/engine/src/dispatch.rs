@@ -519,12 +519,15 @@ async fn run(
         ));
     }
     loop {
-        // Take a task only when a worker slot is free.
+        // Take a task only when a worker slot is free, and none once shutdown began
+        // (`biased`: a task waiting in the inbox must not win against it at random).
         let slot = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
         };
         let task = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             task = inbox.recv() => match task {
                 Some(task) => task,

@@ -653,6 +653,43 @@ async fn the_pool_runs_every_enqueued_task_with_at_most_n_at_once() {
         .expect("the pool stops");
 }
 
+/// A pool whose shutdown began takes no task from its queue, even one that waits there
+/// beside a free worker. (Chosen at random between the two, as an unbiased `select!` would,
+/// one of these twenty pools would take its task with a probability above 99 %.)
+#[tokio::test]
+async fn a_pool_shutting_down_takes_no_task_from_its_queue() {
+    let f = fixture().await;
+    let executor = Arc::new(Counting::default());
+    for n in 0..20u64 {
+        let task = submit_creation(&f, &format!("ins-dddd{n:04}"), "w", n + 1).await;
+        let shutdown = CancellationToken::new();
+        let (dispatcher, pool) = WorkerPool::start(
+            worker(
+                &f,
+                executor.clone(),
+                Arc::new(Catalog::builtin()),
+                Duration::from_secs(30),
+            ),
+            2,
+            shutdown.clone(),
+            Duration::from_secs(5),
+        );
+        // Both before the pool's loop first runs (this runtime has one thread).
+        dispatcher.enqueue(due_now(&[task]));
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), pool.join())
+            .await
+            .expect("the pool stops");
+        let left = record(&f, task).await;
+        assert_eq!(
+            (left.state, left.attempts),
+            (TaskState::Queued, 0),
+            "pool {n}"
+        );
+    }
+    assert_eq!(executor.peak.load(Ordering::SeqCst), 0, "nothing ran");
+}
+
 #[tokio::test]
 async fn shutdown_gives_tasks_still_running_after_the_grace_back_to_the_queue() {
     let f = fixture().await;
