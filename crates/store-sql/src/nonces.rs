@@ -9,7 +9,7 @@
 //!   the seven WAL frames a `RunInstances` wrote (BENCHMARKS.md). A query's nonce lives in
 //!   that index only, claimed on the caller's thread without the writer: a query changes
 //!   nothing, so all a restart can cost is that a query resent across it is answered
-//!   again — where going through the writer cost a third of a `describe`'s CPU.
+//!   again — where going through the writer cost over a quarter of a `describe`'s CPU.
 //! - several nodes (PostgreSQL): the primary key `(secret_id, nonce)` refuses a reuse
 //!   whichever node sees it.
 
