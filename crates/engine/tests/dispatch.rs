@@ -7,7 +7,7 @@ use qtask_core::{
     AccountId, Effect, Nonce, Region, RequestId, ResourceId, ResourceState, TaskError, TaskState,
 };
 use qtask_engine::catalog::Catalog;
-use qtask_engine::dispatch::{Step, Worker, WorkerPool, WorkerSettings};
+use qtask_engine::dispatch::{Dispatcher, Step, Worker, WorkerPool, WorkerSettings};
 use qtask_engine::executor::{ExecError, Executor, SimExecutor, SimSettings};
 use qtask_engine::maintenance::{self, RetentionSettings};
 use qtask_engine::policy::Policy;
@@ -153,6 +153,23 @@ fn worker(
             lease,
         },
     )
+}
+
+/// A pool of `workers` running `executor` on the built-in catalog with 30 s leases.
+fn start_pool(
+    f: &Fixture,
+    executor: Arc<dyn Executor>,
+    workers: usize,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> (Dispatcher, WorkerPool) {
+    let worker = worker(
+        f,
+        executor,
+        Arc::new(Catalog::builtin()),
+        Duration::from_secs(30),
+    );
+    WorkerPool::start(worker, workers, shutdown.clone(), grace)
 }
 
 fn instant_worker(f: &Fixture) -> Worker {
@@ -621,17 +638,7 @@ async fn the_pool_runs_every_enqueued_task_with_at_most_n_at_once() {
     let f = fixture().await;
     let executor = Arc::new(Counting::default());
     let shutdown = CancellationToken::new();
-    let (dispatcher, pool) = WorkerPool::start(
-        worker(
-            &f,
-            executor.clone(),
-            Arc::new(Catalog::builtin()),
-            Duration::from_secs(30),
-        ),
-        3,
-        shutdown.clone(),
-        Duration::from_secs(5),
-    );
+    let (dispatcher, pool) = start_pool(&f, executor.clone(), 3, &shutdown, Duration::from_secs(5));
     let mut tasks = Vec::new();
     for i in 0..12u64 {
         tasks.push(submit_creation(&f, &format!("ins-bbbb{i:04}"), "w", i + 1).await);
@@ -663,17 +670,8 @@ async fn a_pool_shutting_down_takes_no_task_from_its_queue() {
     for n in 0..20u64 {
         let task = submit_creation(&f, &format!("ins-dddd{n:04}"), "w", n + 1).await;
         let shutdown = CancellationToken::new();
-        let (dispatcher, pool) = WorkerPool::start(
-            worker(
-                &f,
-                executor.clone(),
-                Arc::new(Catalog::builtin()),
-                Duration::from_secs(30),
-            ),
-            2,
-            shutdown.clone(),
-            Duration::from_secs(5),
-        );
+        let (dispatcher, pool) =
+            start_pool(&f, executor.clone(), 2, &shutdown, Duration::from_secs(5));
         // Both before the pool's loop first runs (this runtime has one thread).
         dispatcher.enqueue(due_now(&[task]));
         shutdown.cancel();
@@ -695,15 +693,11 @@ async fn shutdown_gives_tasks_still_running_after_the_grace_back_to_the_queue() 
     let f = fixture().await;
     let hanging = Arc::new(Hanging::default());
     let shutdown = CancellationToken::new();
-    let (dispatcher, pool) = WorkerPool::start(
-        worker(
-            &f,
-            hanging.clone(),
-            Arc::new(Catalog::builtin()),
-            Duration::from_secs(30),
-        ),
+    let (dispatcher, pool) = start_pool(
+        &f,
+        hanging.clone(),
         2,
-        shutdown.clone(),
+        &shutdown,
         Duration::from_millis(100),
     );
     let task = submit_creation(&f, "ins-cccc0001", "w", 1).await;
