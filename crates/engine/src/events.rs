@@ -12,8 +12,7 @@ use crate::time;
 use qtask_core::{AccountId, RequestId, ResourceId, TaskError, TaskState, UnixMillis};
 use qtask_store::TaskRecord;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 /// What happened to a task.
@@ -279,7 +278,12 @@ impl TaskEvent {
 #[derive(Clone)]
 pub struct EventBus {
     sender: broadcast::Sender<Arc<TaskEvent>>,
-    seq: Arc<AtomicU64>,
+    /// The next event's number. Held while the event is sent, so that subscribers get
+    /// events in the order of their numbers: numbered on one thread while another sent
+    /// its event, they had come out of order (the API test
+    /// `the_event_stream_delivers_every_event_of_a_chain_in_order_then_ends` saw 5
+    /// before 4 once; a unit test could not make the window wide enough to catch it).
+    seq: Arc<Mutex<u64>>,
 }
 
 impl Default for EventBus {
@@ -294,13 +298,18 @@ impl EventBus {
         let (sender, _) = broadcast::channel(capacity.max(1));
         Self {
             sender,
-            seq: Arc::new(AtomicU64::new(1)),
+            seq: Arc::new(Mutex::new(1)),
         }
     }
 
     /// Numbers the event and sends it to every subscriber (none is fine).
     pub fn publish(&self, mut event: TaskEvent) {
-        event.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut next = self
+            .seq
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        event.seq = *next;
+        *next += 1;
         let _ = self.sender.send(Arc::new(event));
     }
 
