@@ -64,7 +64,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         config.data_dir.canonicalize()?.display()
     );
     let settings = WorkerSettings {
-        node: node.clone(),
+        node,
         lease: config.lease,
     };
     let events = EventBus::default();
@@ -78,29 +78,23 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .with_events(events.clone());
     // Cancelled at SIGINT/SIGTERM: the API answers 6200 and workers take no new task.
     let draining = CancellationToken::new();
-    let (dispatcher, pool) = WorkerPool::start(
+    let (dispatcher, pool, recovered) = WorkerPool::recover_and_start(
         worker,
         config.workers,
         draining.clone(),
         config.shutdown_grace,
-    );
+    )
+    .await
+    .context("cannot recover unfinished tasks")?;
+    if recovered > 0 {
+        println!("Resuming {recovered} unfinished task(s) from the last run");
+    }
     if let Some(metrics) = &metrics {
         let metrics = Arc::clone(metrics);
         dispatcher
             .start_delays()
             .observe_with(move |delay| metrics.observe_start_delay(delay));
     }
-    let recovered = store
-        .recover(now_millis(), &node)
-        .await
-        .context("cannot recover unfinished tasks")?;
-    if !recovered.is_empty() {
-        println!(
-            "Resuming {} unfinished task(s) from the last run",
-            recovered.len()
-        );
-    }
-    dispatcher.enqueue(recovered);
     let maintenance_stop = CancellationToken::new();
     let callbacks = qtask_executors::callbacks::start(
         Arc::clone(&store),

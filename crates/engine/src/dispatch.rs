@@ -445,6 +445,28 @@ impl WorkerPool {
         (dispatcher, WorkerPool { done })
     }
 
+    /// Takes back the tasks the node's last run left unfinished ([`Store::recover`]),
+    /// then starts the pool with them queued; answers how many it recovered. In this
+    /// order: recovery requeues every task still leased to this node's name, so a claim
+    /// the new pool made first (on a shared store its sweep looks for runnable tasks at
+    /// once) would be taken for the last run's and requeued while it runs — the task
+    /// would run twice.
+    pub async fn recover_and_start(
+        worker: Worker,
+        workers: usize,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> StoreResult<(Dispatcher, WorkerPool, usize)> {
+        let recovered = worker
+            .store
+            .recover(now_millis(), &worker.settings.node)
+            .await?;
+        let count = recovered.len();
+        let (dispatcher, pool) = Self::start(worker, workers, shutdown, grace);
+        dispatcher.enqueue(recovered);
+        Ok((dispatcher, pool, count))
+    }
+
     /// Waits until the pool has stopped.
     pub async fn join(self) {
         let _ = self.done.await;

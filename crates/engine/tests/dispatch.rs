@@ -726,6 +726,65 @@ async fn shutdown_gives_tasks_still_running_after_the_grace_back_to_the_queue() 
     assert!(recovered[0].not_before <= now_millis());
 }
 
+/// A restarted node takes back what its last run left, a task it was running and one
+/// still queued, and runs each once: recovery comes before the new pool's first claim.
+/// (On a shared store the pool's sweep looks for runnable tasks as soon as one is
+/// announced, as here: had recovery come after, it would have requeued the sweep's claim
+/// as the last run's, and that task would have run twice.)
+#[tokio::test]
+async fn a_restarted_pool_recovers_first_and_runs_each_task_once() {
+    let f = fixture().await;
+    let running = submit_creation(&f, "ins-eeee0001", "w", 1).await;
+    let queued = submit_creation(&f, "ins-eeee0002", "w", 2).await;
+    let now = now_millis();
+    let lease = Lease {
+        owner: "test-node".into(),
+        now,
+        expires_at: now + 30_000,
+    };
+    f.store
+        .claim(running, lease)
+        .await
+        .unwrap()
+        .expect("the last run claimed it");
+    if let Some(announced) = f.store.ready_signal() {
+        announced.notify_one();
+    }
+    let executor = Arc::new(Counting::default());
+    let shutdown = CancellationToken::new();
+    let (_dispatcher, pool, recovered) = WorkerPool::recover_and_start(
+        worker(
+            &f,
+            executor,
+            Arc::new(Catalog::builtin()),
+            Duration::from_secs(30),
+        ),
+        2,
+        shutdown.clone(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("recovery");
+    assert_eq!(recovered, 2);
+    for task in [running, queued] {
+        eventually("both tasks succeed", || async {
+            record(&f, task).await.state == TaskState::Succeeded
+        })
+        .await;
+    }
+    assert_eq!(
+        record(&f, running).await.attempts,
+        2,
+        "once more after the restart"
+    );
+    assert_eq!(record(&f, queued).await.attempts, 1, "once");
+    assert_eq!(f.store.stats().await.unwrap().fenced_completions, 0);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), pool.join())
+        .await
+        .expect("the pool stops");
+}
+
 #[tokio::test]
 async fn maintenance_rescues_a_task_whose_lease_expired() {
     let f = fixture().await;
