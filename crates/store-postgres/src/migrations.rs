@@ -179,6 +179,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_unfinished_by_resource ON tasks (account_id, resource_id, id)
         WHERE state IN ('QUEUED', 'RUNNING');
     "#,
+    // 8: inserted tasks are counted by the writer, once per batch (store-sql `writer`),
+    // as on SQLite; deletions and state changes still by triggers.
+    r#"
+    DROP TRIGGER tasks_count_rows ON tasks;
+    CREATE TRIGGER tasks_count_deletions AFTER DELETE ON tasks
+        FOR EACH ROW EXECUTE FUNCTION qtask_count_task_states();
+    "#,
 ];
 
 /// The schema version this binary writes.

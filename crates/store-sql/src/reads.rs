@@ -151,7 +151,8 @@ pub fn purged(db: &mut dyn Db, account: AccountId, id: RequestId) -> StoreResult
 
 pub fn stats(db: &mut dyn Db) -> StoreResult<StoreStats> {
     let tasks = db.query_all(
-        // Kept by triggers (migration 5): a scrape never counts the tasks themselves.
+        // Kept by the writer (inserts) and by triggers (state changes, deletions): a
+        // scrape never counts the tasks themselves.
         "SELECT state, n FROM task_state_counts WHERE n > 0",
         args![],
         |r: &Row| {

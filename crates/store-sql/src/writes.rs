@@ -309,6 +309,7 @@ args![task_id,
             prior_state.as_str(),
             now,
             allowed])?;
+    ids.inserted_queued_task();
     Ok(Ok((task, !waits)))
 }
 

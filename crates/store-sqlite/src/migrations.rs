@@ -200,6 +200,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_unfinished_by_resource ON tasks (account_id, resource_id, id)
         WHERE state IN ('QUEUED', 'RUNNING');
     "#,
+    // 8: inserted tasks are counted by the writer, once per batch (store-sql `writer`):
+    // with a trigger, SQLite opened a statement journal for every task it inserted.
+    r#"
+    DROP TRIGGER tasks_count_insert;
+    "#,
 ];
 
 /// The schema version this binary writes.

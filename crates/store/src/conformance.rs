@@ -4307,6 +4307,37 @@ pub async fn stats_count_tasks_by_state(store: &dyn Store) {
     .into();
     assert_eq!(tasks_by_state(store).await, expected);
 
+    // A submission refused after it inserted a task counts nothing.
+    let (refused, _) = submission(
+        a,
+        gz(),
+        "RunInstances",
+        true,
+        vec![
+            creating(
+                new_resource(&ins(7), KIND, "PENDING", json!({})),
+                Effect::default(),
+            ),
+            creating(
+                new_resource(&ins(1), KIND, "PENDING", json!({})),
+                Effect::default(),
+            ),
+        ],
+        T0 + 3,
+    );
+    assert!(
+        matches!(
+            store.submit(refused).await,
+            Err(StoreError::DuplicateResource(_))
+        ),
+        "ins-1 exists"
+    );
+    assert_eq!(
+        tasks_by_state(store).await,
+        expected,
+        "after a refused submission"
+    );
+
     // Retention deletes the final tasks: the counts follow deletions too.
     let retention = Retention {
         tasks_finished_before: T0 + 4,
@@ -4517,6 +4548,13 @@ pub async fn a_failing_submit_does_not_disturb_concurrent_ones(store: Arc<dyn St
         task_count(store.as_ref(), a).await,
         1 + u64::from(committed)
     );
+    // What failed beside others in a shared savepoint is not counted either.
+    let counted = tasks_by_state(store.as_ref()).await;
+    assert_eq!(
+        counted.get(&TaskState::Queued).copied(),
+        Some(u64::from(committed)),
+        "{counted:?}"
+    );
     for n in 1..=N {
         assert_eq!(
             resource(store.as_ref(), a, &ins(1_000 + n)).await.is_some(),
@@ -4557,6 +4595,12 @@ pub async fn a_failing_submit_does_not_disturb_concurrent_ones(store: Arc<dyn St
     assert_eq!(
         task_count(store.as_ref(), a).await,
         1 + u64::from(committed) + 2 * retried
+    );
+    let counted = tasks_by_state(store.as_ref()).await;
+    assert_eq!(
+        counted.values().sum::<u64>(),
+        1 + u64::from(committed) + 2 * retried,
+        "{counted:?}"
     );
 }
 

@@ -132,7 +132,14 @@ fn fill(path: &std::path::Path, accounts: &[i64], tasks: u64) -> anyhow::Result<
     while remaining > 0 {
         let batch = remaining.min(BATCH);
         let tx = conn.transaction()?;
+        let before = plan.filled.tasks;
         plan.batch(&tx, batch)?;
+        // Counted as qtask's writer counts the tasks it inserts (no trigger does).
+        tx.execute(
+            "INSERT INTO task_state_counts (state, n) VALUES ('SUCCESS', ?1)
+             ON CONFLICT (state) DO UPDATE SET n = n + excluded.n",
+            [(plan.filled.tasks - before) as i64],
+        )?;
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'next_id'",
             [plan.next_id],

@@ -223,6 +223,13 @@ async fn fill_leaves_a_store_the_server_serves() {
     assert_eq!(app.instance(&before[0]).await["status"], 2);
     let created = app.create_instances(2, "after-fill").await;
     assert_eq!(created.len(), 2);
+    // The counts by state (what /metrics shows) hold the filled tasks: the creation
+    // before the fill, the fill's 3000, and the two creations after it.
+    let counted = crate::ops::scrape(app.http).await;
+    assert_eq!(
+        counted.value("qtask_tasks", &[("state", "SUCCESS")]),
+        Some(1.0 + 3000.0 + 2.0)
+    );
 }
 
 /// `bench null-server` answers every scenario's set-up and calls with code 0, so the

@@ -72,7 +72,7 @@ async fn readyz_is_503_while_draining_and_healthz_stays_200() {
 // ---- /metrics ----
 
 /// A parsed OpenMetrics text exposition: each sample by name and sorted labels.
-struct Exposition {
+pub(crate) struct Exposition {
     samples: HashMap<(String, BTreeMap<String, String>), f64>,
 }
 
@@ -151,7 +151,7 @@ impl Exposition {
         Ok(Self { samples })
     }
 
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -227,7 +227,7 @@ fn parse_series(series: &str) -> Result<(String, BTreeMap<String, String>), Stri
     }
 }
 
-async fn scrape(address: SocketAddr) -> Exposition {
+pub(crate) async fn scrape(address: SocketAddr) -> Exposition {
     let response = reqwest::get(format!("http://{address}/metrics"))
         .await
         .expect("/metrics answers");
