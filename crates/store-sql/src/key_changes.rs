@@ -1,5 +1,6 @@
-//! Key changes, told cheaply to the queries of a database one process serves (see
-//! `nonces`: a query's nonce is claimed in memory, so no writer statement checks its key).
+//! Key changes, told cheaply to the calls of a database one process serves (see
+//! `nonces`: a query's nonce is claimed in memory and a submission's by a plain insert, so
+//! no writer statement checks their key).
 //! Every change that can make a key unusable — a key disabled, an account blocked —
 //! appends a byte to a marker file beside the database once it has committed, whichever
 //! process made it (`qtask keys …` runs beside the server). A query can then trust a key

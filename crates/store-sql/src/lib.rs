@@ -133,20 +133,20 @@ where
 
     /// Refuses a key disabled, or an account blocked, since the caller read the key;
     /// reads the key unless it was found usable since the last key change.
-    async fn check_key_still_valid(&self, claim: NonceClaim) -> StoreResult<NonceClaim> {
+    async fn check_key_still_valid(&self, secret_id: &SecretId) -> StoreResult<()> {
         let generation = self.key_changes.as_ref().and_then(KeyChanges::generation);
         if let Some(changes) = &self.key_changes {
-            if changes.trusted(&claim.secret_id, generation) {
-                return Ok(claim);
+            if changes.trusted(secret_id, generation) {
+                return Ok(());
             }
         }
-        let claim = self
-            .point_read(move |db| nonces::key_still_valid(db, &claim.secret_id).map(|()| claim))
+        let read = secret_id.clone();
+        self.point_read(move |db| nonces::key_still_valid(db, &read))
             .await?;
         if let Some(changes) = &self.key_changes {
-            changes.found_usable(&claim.secret_id, generation);
+            changes.found_usable(secret_id, generation);
         }
-        Ok(claim)
+        Ok(())
     }
 
     /// After a committed change that may make keys unusable.
@@ -333,7 +333,7 @@ where
         if let Some(index) = self.writer.nonce_index() {
             // A database no other process writes: the query's nonce is claimed in memory
             // (see `nonces`), once its key is known to be still usable.
-            let claim = self.check_key_still_valid(claim).await?;
+            self.check_key_still_valid(&claim.secret_id).await?;
             let found = writer::lock_nonces(index).claim_query(&claim);
             return match found {
                 nonces::QueryClaim::Fresh => Ok(NonceOutcome::Fresh),
@@ -360,6 +360,13 @@ where
     }
 
     async fn submit(&self, submission: Submission) -> StoreResult<Submitted> {
+        if self.writer.nonce_index().is_some() {
+            // A database no other process writes: the writer inserts the nonce without
+            // checking the key (see `nonces::claim`), so it is checked here, as a
+            // query's is.
+            self.check_key_still_valid(&submission.nonce.secret_id)
+                .await?;
+        }
         self.submissions.write(&self.writer, submission).await
     }
 

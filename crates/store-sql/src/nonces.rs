@@ -246,8 +246,10 @@ pub enum Claimed {
 
 /// Stores the claim's nonce, unless it was stored before: then the same request
 /// (same signature) is `Resent`, and another is refused with `NonceReused`. A key that
-/// is disabled now, or whose account is blocked now, claims nothing: the insert itself
-/// refuses it (no statement more on the common path), and [`key_still_valid`] says why.
+/// is disabled now, or whose account is blocked now, claims nothing. On a shared
+/// database the insert itself refuses it (no statement more on the common path), and
+/// [`key_still_valid`] says why. With an `index` (a database one process writes), the
+/// caller checked the key before the job (`SqlStore::submit`, as queries do).
 pub fn claim(
     db: &mut dyn Db,
     index: Option<&mut NonceIndex>,
@@ -272,10 +274,9 @@ pub fn claim(
                 None => None,
             };
             if earlier.is_none() {
-                if let Some(row) = insert(db, claim)? {
-                    index.remember(key, row);
-                    return Ok(Claimed::Fresh { row });
-                }
+                let row = append(db, claim)?;
+                index.remember(key, row);
+                return Ok(Claimed::Fresh { row });
             }
             earlier
         }
@@ -328,6 +329,21 @@ pub const INSERT_NONCE_SQL: &str = "INSERT INTO nonces (secret_id, nonce, expire
          SELECT 1 FROM api_keys k JOIN accounts a ON a.id = k.account_id
          WHERE k.secret_id = ?1 AND (k.enabled = 0 OR a.blocked <> 0))
      ON CONFLICT DO NOTHING RETURNING id";
+
+/// Appends the nonce's row on a database one process writes, whose store checked the
+/// key before the job ran (`SqlStore::submit`, against the key-change marker): a plain
+/// insert, which SQLite runs without a statement journal.
+fn append(db: &mut dyn Db, claim: &NonceClaim) -> StoreResult<i64> {
+    db.insert_returning_id(
+        "INSERT INTO nonces (secret_id, nonce, expires_at, signature) VALUES (?1, ?2, ?3, ?4)",
+        args![
+            claim.secret_id.as_str(),
+            claim.nonce.get() as i64,
+            claim.expires_at,
+            claim.signature
+        ],
+    )
+}
 
 /// Appends the nonce's row; `None` when a unique key refused it (a shared database) or
 /// the key is no longer usable (disabled, or its account blocked).

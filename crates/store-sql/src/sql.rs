@@ -213,6 +213,15 @@ pub trait Db {
     fn flush(&mut self) -> StoreResult<()> {
         Ok(())
     }
+    /// Runs an `INSERT` of one row (`sql`, without `RETURNING`) into a table keyed by an
+    /// integer `id` it assigns; answers that key. SQLite tells it without `RETURNING`,
+    /// which it runs as a trigger: a temporary table and a statement journal each time.
+    fn insert_returning_id(&mut self, sql: &str, args: &[Value<'_>]) -> StoreResult<i64> {
+        let rows = self.query(&format!("{sql} RETURNING id"), args)?;
+        rows.first()
+            .ok_or_else(|| StoreError::Backend(format!("no row from: {sql:.120}")))?
+            .get(0)
+    }
 }
 
 impl dyn Db + '_ {

@@ -287,7 +287,7 @@ args![new.id.as_str(),
                         new.kind,
                         region,
                         new.state.as_str(),
-                        Value::Object(new.attrs.clone()).to_string(),
+                        serde_json::to_string(&new.attrs).expect("a JSON map serializes"),
                         now,
                         task_id])?;
             if inserted == 0 {

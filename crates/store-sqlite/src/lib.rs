@@ -190,6 +190,11 @@ impl Db for SqliteConn {
             .map_err(backend)
     }
 
+    fn insert_returning_id(&mut self, sql: &str, args: &[Value<'_>]) -> StoreResult<i64> {
+        self.execute(sql, args)?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
     fn query(&mut self, sql: &str, args: &[Value<'_>]) -> StoreResult<Vec<Row>> {
         let mut statement = self.conn.prepare_cached(sql).map_err(backend)?;
         let columns = statement.column_count();
