@@ -8,6 +8,7 @@
 //! the other nodes (marked [`TaskEvent::remote`]), so every node's stream shows the
 //! whole cluster's tasks.
 
+use crate::catalog::CALLBACK_URL;
 use crate::time;
 use qtask_core::{AccountId, RequestId, ResourceId, TaskError, TaskState, UnixMillis};
 use qtask_store::TaskRecord;
@@ -112,6 +113,9 @@ pub struct TaskEvent {
     /// Made by another node of a shared database and relayed here (false for the events
     /// of this process). What must happen once per cluster ignores these.
     pub remote: bool,
+    /// The task was submitted with a `callbackUrl`: its end is called back (qtask-executors
+    /// `callbacks`). Carried here so that the ends of other tasks cost no read.
+    pub calls_back: bool,
 }
 
 impl TaskEvent {
@@ -132,6 +136,7 @@ impl TaskEvent {
             next_attempt_at: None,
             duration_ms: None,
             remote: false,
+            calls_back: task.params.get(CALLBACK_URL).is_some(),
         }
     }
 
@@ -204,6 +209,9 @@ impl TaskEvent {
         if let Some(ms) = self.duration_ms {
             fields.insert("durationMs".into(), json!(ms));
         }
+        if self.calls_back {
+            fields.insert("callsBack".into(), json!(true));
+        }
         wire.to_string()
     }
 
@@ -270,6 +278,7 @@ impl TaskEvent {
                 .map(|ms| unsigned("durationMs", ms))
                 .transpose()?,
             remote: true,
+            calls_back: field("callsBack").and_then(Value::as_bool).unwrap_or(false),
         })
     }
 }
@@ -338,6 +347,7 @@ mod tests {
             next_attempt_at: Some(1_764_300_005_456),
             duration_ms: Some(1_250),
             remote: false,
+            calls_back: true,
         }
     }
 
@@ -363,6 +373,7 @@ mod tests {
             result: None,
             next_attempt_at: None,
             duration_ms: None,
+            calls_back: false,
             ..sent.clone()
         };
         let received = TaskEvent::from_relay(&bare.to_relay(true)).unwrap();

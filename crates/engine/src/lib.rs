@@ -501,6 +501,7 @@ impl Engine {
                             next_attempt_at: None,
                             duration_ms: None,
                             remote: false,
+                            calls_back: call.params.contains_key(catalog::CALLBACK_URL),
                         });
                     }
                 }

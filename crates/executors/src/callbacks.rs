@@ -72,7 +72,7 @@ pub fn start(
                 },
             };
             // The node that ran the task calls back: once per cluster.
-            if event.remote || !event.kind.is_final() {
+            if event.remote || !event.kind.is_final() || !event.calls_back {
                 continue;
             }
             let store = Arc::clone(&store);

@@ -544,6 +544,7 @@ mod tests {
             next_attempt_at: None,
             duration_ms: None,
             remote: false,
+            calls_back: false,
         }
     }
 

@@ -260,6 +260,49 @@ async fn a_chain_calls_back_once_when_final_signed_and_retried() {
     assert!(text(&bad["message"]).contains("callbackUrl"), "{bad}");
 }
 
+/// A task of its own (not a chain) calls back `taskFinished` once when it ends; a task
+/// submitted without `callbackUrl` calls nothing back.
+#[tokio::test]
+async fn a_task_calls_back_when_it_ends_and_only_if_asked() {
+    let app = TestApp::spawn().await;
+    let ids = app.create_instances(1, "hooked").await;
+    let (url, seen) = receiver(0).await;
+    let rename = |name: &'static str, callback: Option<&str>| {
+        let mut params = vec![
+            ("instanceId", ids[0].clone()),
+            ("instanceName", name.to_owned()),
+        ];
+        if let Some(url) = callback {
+            params.push(("callbackUrl", url.to_owned()));
+        }
+        params
+    };
+    let call = async |params: Vec<(&str, String)>| {
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let answer = app.call("ModifyInstanceAttributes", &params).await;
+        assert_eq!(answer["code"], 0, "{answer}");
+        text(&answer["requestId"]).to_owned()
+    };
+    let plain = call(rename("plain", None)).await;
+    app.wait_final(&plain).await;
+    let hooked = call(rename("hooked", Some(&url))).await;
+    crate::helpers::wait_for("the callback to be delivered", async || {
+        (!seen.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        1,
+        "one callback, for the task that asked: {seen:?}"
+    );
+    let payload: Value = serde_json::from_str(&seen[0].1).unwrap();
+    assert_eq!(payload["event"], "taskFinished", "{payload}");
+    assert_eq!(payload["data"]["requestId"], hooked.as_str(), "{payload}");
+    assert_eq!(payload["data"]["state"], "SUCCESS", "{payload}");
+}
+
 /// Two nodes on one PostgreSQL schema: every task runs on node A, yet both nodes' event
 /// streams show every task start and succeed, each event once (relayed, never echoed
 /// back), and the chain's callback comes once (B does not call back on relayed events).
