@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// The outer `code` of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,12 +148,14 @@ struct Head<'a> {
     message: &'a str,
     #[serde(rename = "codeDesc")]
     code_desc: &'a str,
+    /// Borrowed when the caller keeps its data: a query's answer is not copied to be
+    /// written.
     #[serde(flatten)]
-    rest: Map<String, Value>,
+    rest: Cow<'a, Map<String, Value>>,
 }
 
 impl<'a> Head<'a> {
-    fn ok(message: &'a str, rest: Map<String, Value>) -> Self {
+    fn ok(message: &'a str, rest: Cow<'a, Map<String, Value>>) -> Self {
         Self {
             code: 0,
             message,
@@ -166,7 +169,7 @@ impl<'a> Head<'a> {
             code: error.code.code(),
             message: &error.message,
             code_desc: error.code.name(),
-            rest: Map::new(),
+            rest: Cow::Owned(Map::new()),
         }
     }
 }
@@ -176,15 +179,15 @@ fn to_body(value: &impl Serialize) -> String {
 }
 
 /// A synchronous answer: the data sits beside `code` and `message`.
-pub fn query(data: Map<String, Value>) -> String {
-    to_body(&Head::ok("", data))
+pub fn query(data: &Map<String, Value>) -> String {
+    to_body(&Head::ok("", Cow::Borrowed(data)))
 }
 
 /// A general asynchronous answer: the task's ID as `requestId`, plus any `extra` fields
 /// (such as the IDs of created resources).
 pub fn general(request_id: u64, mut extra: Map<String, Value>) -> String {
     extra.insert("requestId".into(), Value::String(request_id.to_string()));
-    to_body(&Head::ok("", extra))
+    to_body(&Head::ok("", Cow::Owned(extra)))
 }
 
 /// One resource's line in a task-chain answer.
@@ -236,12 +239,12 @@ pub fn chain(request_id: Option<u64>, detail: &[(String, DetailEntry)]) -> Strin
         (Some(ErrorCode::PartialSuccess), summary.as_str())
     };
     let head = match code {
-        None => Head::ok(message, rest),
+        None => Head::ok(message, Cow::Owned(rest)),
         Some(code) => Head {
             code: code.code(),
             message,
             code_desc: code.name(),
-            rest,
+            rest: Cow::Owned(rest),
         },
     };
     to_body(&head)

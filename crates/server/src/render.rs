@@ -10,7 +10,7 @@ pub struct ProtocolRender;
 impl Render for ProtocolRender {
     fn render(&self, outcome: &Outcome) -> String {
         match outcome {
-            Ok(Answer::Data(data)) => envelope::query(data.clone()),
+            Ok(Answer::Data(data)) => envelope::query(data),
             Ok(Answer::Accepted { request_id, extra }) => {
                 envelope::general(request_id.get(), extra.clone())
             }
