@@ -40,6 +40,9 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How much of the end of stderr a failure's message quotes.
 const STDERR_TAIL_CHARS: usize = 500;
+/// The longest wait between two tries to start a program whose file is busy (`ETXTBSY`);
+/// from 10 ms, doubling: ≈ 0.6 s in all.
+const SPAWN_BUSY_DELAY_MAX: Duration = Duration::from_millis(320);
 
 /// What to run for each attempt.
 #[derive(Debug, Clone)]
@@ -126,6 +129,33 @@ impl ExecExecutor {
         command
     }
 
+    /// Starts the program. A program file still open for writing somewhere cannot be
+    /// run (`ETXTBSY`): while it is being replaced, or for an instant when another
+    /// thread's child, between its fork and its exec, holds a copy of a descriptor this
+    /// process had open on the file. Tried again a few times (≈ 0.6 s in all) before
+    /// it counts as a (retryable) failure.
+    async fn spawn(
+        &self,
+        program: &str,
+        args: &[String],
+        task: &ClaimedTask,
+    ) -> Result<Child, ExecError> {
+        let mut delay = Duration::from_millis(10);
+        loop {
+            match self.command(program, args, task).spawn() {
+                Ok(child) => return Ok(child),
+                Err(error)
+                    if error.raw_os_error() == Some(Errno::ETXTBSY as i32)
+                        && delay <= SPAWN_BUSY_DELAY_MAX =>
+                {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(error) => return Err(self.spawn_failure(program, error)),
+            }
+        }
+    }
+
     fn spawn_failure(&self, program: &str, error: io::Error) -> ExecError {
         let failure =
             |detail: String| TaskError::operation_failed(format!("cannot run {program}: {detail}"));
@@ -141,15 +171,20 @@ impl ExecExecutor {
                 ExecError::Fatal(failure("permission denied (is it executable?)".into()))
             }
             _ => {
-                // Running out of processes, memory or descriptors passes; anything else
-                // (a binary for another machine, a script without `#!`) would not.
+                // Running out of processes, memory or descriptors passes, and so does a
+                // program file being written; anything else (a binary for another machine,
+                // a script without `#!`) would not.
                 let transient = error
                     .raw_os_error()
                     .map(Errno::from_raw)
                     .is_some_and(|errno| {
                         matches!(
                             errno,
-                            Errno::EAGAIN | Errno::ENOMEM | Errno::EMFILE | Errno::ENFILE
+                            Errno::EAGAIN
+                                | Errno::ENOMEM
+                                | Errno::EMFILE
+                                | Errno::ENFILE
+                                | Errno::ETXTBSY
                         )
                     });
                 let failure = failure(error.to_string());
@@ -215,10 +250,7 @@ impl Executor for ExecExecutor {
                 "canceled before {program} started"
             )));
         }
-        let mut child = self
-            .command(program, args, task)
-            .spawn()
-            .map_err(|error| self.spawn_failure(program, error))?;
+        let mut child = self.spawn(program, args, task).await?;
         let mut group = ProcessGroup::led_by(&child);
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());

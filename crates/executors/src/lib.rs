@@ -21,7 +21,7 @@
 //!
 //! | | success | retryable | fatal |
 //! |---|---|---|---|
-//! | `exec` | exit 0; the last stdout line that is a JSON object is the result | exit 75 (`EX_TEMPFAIL`), cannot spawn for lack of resources | any other exit or a signal (message: the code or signal and the end of stderr), program missing or not executable |
+//! | `exec` | exit 0; the last stdout line that is a JSON object is the result | exit 75 (`EX_TEMPFAIL`), cannot spawn for lack of resources or because the program file is being written (after ≈ 0.6 s of tries) | any other exit or a signal (message: the code or signal and the end of stderr), program missing or not executable |
 //! | `http` | 2xx; a JSON body is the result, an empty body (or `null`) none | 429, 5xx, connection errors, timeouts | other statuses (message: the status and the start of the body), a 2xx whose body is not JSON |
 //!
 //! A 2xx whose body is not JSON is fatal rather than retryable: the receiver said it

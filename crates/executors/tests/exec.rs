@@ -189,6 +189,24 @@ exit 3
     );
 }
 
+/// A program file open for writing cannot be run (`ETXTBSY`): the executor tries again
+/// for a moment. (A parallel test's fork can hold such a descriptor for an instant; this
+/// test holds one for 50 ms.)
+#[tokio::test]
+async fn a_program_busy_for_a_moment_runs_once_it_is_free() {
+    let script = Script::new(r#"echo '{"ran": true}'"#);
+    let writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&script.path)
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(writer);
+    });
+    assert_eq!(script.run().await.unwrap(), Some(json!({"ran": true})));
+    release.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_failure_without_stderr_says_so() {
     let script = Script::new("exit 1");
