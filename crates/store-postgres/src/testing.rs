@@ -1,5 +1,6 @@
 //! For tests: a scratch schema of its own on the test database, dropped afterwards.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The variable that names the test database; the PostgreSQL tests need it.
@@ -41,11 +42,15 @@ pub struct ScratchSchema {
 impl ScratchSchema {
     /// A new schema on the database at `base`.
     pub fn create(base: &str) -> Self {
+        // The clock alone is not enough: two tests of one process once read the same
+        // nanosecond (a CI run failed on `pg_namespace_nspname_index`).
+        static CREATED: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        let schema = format!("qt_{}_{nanos:x}", std::process::id());
+        let serial = CREATED.fetch_add(1, Ordering::Relaxed);
+        let schema = format!("qt_{}_{nanos:x}_{serial}", std::process::id());
         let sql = format!("CREATE SCHEMA {schema}");
         run_outside_async(base.to_owned(), sql);
         Self {
@@ -85,7 +90,10 @@ fn run_outside_async(url: String, sql: String) {
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
         client
             .batch_execute(&sql)
-            .map_err(|e| format!("{sql}: {e}"))
+            .map_err(|e| match e.as_db_error() {
+                Some(db) => format!("{sql}: {}", db.message()),
+                None => format!("{sql}: {e}"),
+            })
     })
     .join()
     .expect("the scratch-schema thread panicked");
