@@ -37,9 +37,11 @@ pub const RECURRING_QUERIES: &[&str] = &[
     writes::REQUEUE_RUNNING_SQL,
     writes::READY_SQL,
     reads::QUEUE_SUMMARY_SQL,
+    reads::NAMED_SQL,
     nonces::INSERT_NONCE_SQL,
 ];
 
+pub use reads::NAMED_SQL;
 pub use writes::many_row_statements;
 
 /// What the backends' tests check reads only unfinished tasks through the index of

@@ -358,6 +358,21 @@ mod tests {
         }
     }
 
+    /// `describe`'s read of a task or chain searches the tasks by the ID and by the chain,
+    /// never through the account's index (which would read every task of the account).
+    #[test]
+    fn a_task_or_chain_is_found_by_its_id_not_among_the_account_s_tasks() {
+        let (_dir, conn) = migrated_store();
+        let steps = plan_of(&conn, qtask_store_sql::NAMED_SQL);
+        let among_tasks: Vec<&String> = steps
+            .iter()
+            .filter(|step| step.starts_with("SEARCH tasks"))
+            .collect();
+        assert_eq!(among_tasks.len(), 2, "{steps:?}");
+        assert!(among_tasks[0].contains("INTEGER PRIMARY KEY"), "{steps:?}");
+        assert!(among_tasks[1].contains("tasks_by_group"), "{steps:?}");
+    }
+
     /// The statements that change many rows at once find each row by its key: driven by
     /// the rows of their `VALUES`, never a walk of the tasks or the resources.
     #[test]
