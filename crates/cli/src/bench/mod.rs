@@ -570,11 +570,7 @@ async fn wait_final(
                 answer.message
             );
         }
-        let status = answer
-            .data
-            .as_ref()
-            .and_then(|d| d.get("status"))
-            .and_then(serde_json::Value::as_i64);
+        let status = answer.data.and_then(|data| data.status);
         if status != Some(2) {
             return Ok(());
         }
