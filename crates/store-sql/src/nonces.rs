@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 
 /// A nonce as the index keys it: the SecretId's number in `secrets`, and the nonce.
-type Key = (u32, u64);
+pub type Key = (u32, u64);
 
 /// Where each stored nonce's row is, for the writer of a database no other process
 /// writes. What must never happen is a committed nonce missing from the index, so an
@@ -238,10 +238,21 @@ fn reused(claim: &NonceClaim) -> StoreError {
 
 /// What a nonce claim found.
 pub enum Claimed {
-    /// First seen now, and stored in this row.
-    Fresh { row: i64 },
+    /// First seen now.
+    Fresh(FreshNonce),
     /// The very same request (same signature) was seen before: its stored answer.
     Resent { answer: Option<String> },
+}
+
+/// A nonce first seen now, and where its row stands.
+pub enum FreshNonce {
+    /// Stored in this row (a shared database, where the insert itself claims it), to
+    /// be given its answer by [`store_answer`].
+    Stored(i64),
+    /// Claimed in the writer's index, its row still to be written with its answer by
+    /// [`store_answer`]: one statement per submission, not an insert then an update.
+    /// A job that fails before rolls back as if it had been written.
+    Unstored(Key),
 }
 
 /// Stores the claim's nonce, unless it was stored before: then the same request
@@ -251,6 +262,26 @@ pub enum Claimed {
 /// [`key_still_valid`] says why. With an `index` (a database one process writes), the
 /// caller checked the key before the job (`SqlStore::submit`, as queries do).
 pub fn claim(
+    db: &mut dyn Db,
+    mut index: Option<&mut NonceIndex>,
+    claim: &NonceClaim,
+) -> StoreResult<Claimed> {
+    let claimed = claim_unstored(db, index.as_deref_mut(), claim)?;
+    Ok(match claimed {
+        Claimed::Fresh(FreshNonce::Unstored(key)) => {
+            let row = append(db, claim, None)?;
+            if let Some(index) = index {
+                index.remember(key, row);
+            }
+            Claimed::Fresh(FreshNonce::Stored(row))
+        }
+        other => other,
+    })
+}
+
+/// [`claim`], leaving a fresh nonce's row to [`store_answer`] where the writer's index
+/// claims it.
+pub fn claim_unstored(
     db: &mut dyn Db,
     index: Option<&mut NonceIndex>,
     claim: &NonceClaim,
@@ -274,14 +305,12 @@ pub fn claim(
                 None => None,
             };
             if earlier.is_none() {
-                let row = append(db, claim)?;
-                index.remember(key, row);
-                return Ok(Claimed::Fresh { row });
+                return Ok(Claimed::Fresh(FreshNonce::Unstored(key)));
             }
             earlier
         }
         None => match insert(db, claim)? {
-            Some(row) => return Ok(Claimed::Fresh { row }),
+            Some(row) => return Ok(Claimed::Fresh(FreshNonce::Stored(row))),
             None => db.query_opt(
                 "SELECT signature, answer FROM nonces WHERE secret_id = ?1 AND nonce = ?2",
                 args![secret_id, nonce as i64],
@@ -333,14 +362,16 @@ pub const INSERT_NONCE_SQL: &str = "INSERT INTO nonces (secret_id, nonce, expire
 /// Appends the nonce's row on a database one process writes, whose store checked the
 /// key before the job ran (`SqlStore::submit`, against the key-change marker): a plain
 /// insert, which SQLite runs without a statement journal.
-fn append(db: &mut dyn Db, claim: &NonceClaim) -> StoreResult<i64> {
+fn append(db: &mut dyn Db, claim: &NonceClaim, answer: Option<&str>) -> StoreResult<i64> {
     db.insert_returning_id(
-        "INSERT INTO nonces (secret_id, nonce, expires_at, signature) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO nonces (secret_id, nonce, expires_at, signature, answer) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
         args![
             claim.secret_id.as_str(),
             claim.nonce.get() as i64,
             claim.expires_at,
-            claim.signature
+            claim.signature,
+            answer
         ],
     )
 }
@@ -361,11 +392,36 @@ fn insert(db: &mut dyn Db, claim: &NonceClaim) -> StoreResult<Option<i64>> {
 }
 
 /// Keeps the answer of the request whose nonce is in `row`, for its resends.
-pub fn store_answer(db: &mut dyn Db, row: i64, answer: &str) -> StoreResult<()> {
-    db.send(
-        "UPDATE nonces SET answer = ?2 WHERE id = ?1",
-        args![row, answer],
-    )?;
+pub fn store_answer(
+    db: &mut dyn Db,
+    index: Option<&mut NonceIndex>,
+    claim: &NonceClaim,
+    fresh: &FreshNonce,
+    answer: &str,
+) -> StoreResult<()> {
+    match (fresh, index) {
+        (FreshNonce::Stored(row), _) => {
+            db.send(
+                "UPDATE nonces SET answer = ?2 WHERE id = ?1",
+                args![*row, answer],
+            )?;
+        }
+        (FreshNonce::Unstored(key), Some(index)) => {
+            // A query may have taken the nonce in memory since the claim (queries claim
+            // theirs on the calling threads): then this request is the reuse.
+            if index.held_by_query(*key, &claim.signature).is_some() || index.rows.contains_key(key)
+            {
+                return Err(reused(claim));
+            }
+            let row = append(db, claim, Some(answer))?;
+            index.remember(*key, row);
+        }
+        (FreshNonce::Unstored(_), None) => {
+            return Err(StoreError::Backend(
+                "a nonce claimed in the writer's index was answered without it".into(),
+            ))
+        }
+    }
     Ok(())
 }
 
@@ -486,6 +542,94 @@ mod tests {
             expires_at,
             signature: signature.into(),
         }
+    }
+
+    /// Records the statements run; an insert gets the next row ID.
+    #[derive(Default)]
+    struct Recorded {
+        statements: Vec<String>,
+        next_row: i64,
+    }
+
+    impl Db for Recorded {
+        fn dialect(&self) -> crate::sql::Dialect {
+            crate::sql::Dialect::Sqlite
+        }
+        fn execute(&mut self, sql: &str, _args: &[crate::sql::Value<'_>]) -> StoreResult<u64> {
+            self.statements.push(sql.into());
+            Ok(1)
+        }
+        fn query(&mut self, sql: &str, _args: &[crate::sql::Value<'_>]) -> StoreResult<Vec<Row>> {
+            self.statements.push(sql.into());
+            Ok(Vec::new())
+        }
+        fn control(&mut self, sql: &str) -> StoreResult<()> {
+            self.statements.push(sql.into());
+            Ok(())
+        }
+        fn insert_returning_id(
+            &mut self,
+            sql: &str,
+            _args: &[crate::sql::Value<'_>],
+        ) -> StoreResult<i64> {
+            self.statements.push(sql.into());
+            self.next_row += 1;
+            Ok(self.next_row)
+        }
+    }
+
+    fn claimed_unstored(
+        db: &mut Recorded,
+        index: &mut NonceIndex,
+        claim: &NonceClaim,
+    ) -> FreshNonce {
+        match claim_unstored(db, Some(index), claim).expect("claimed") {
+            Claimed::Fresh(fresh @ FreshNonce::Unstored(_)) => fresh,
+            _ => panic!("a fresh nonce left to its answer"),
+        }
+    }
+
+    #[test]
+    fn a_submission_s_nonce_is_written_once_with_its_answer() {
+        let mut db = Recorded::default();
+        let mut index = loaded(&[]);
+        let claim = query("AKIDa", 7, "sig-submit", 100);
+        let fresh = claimed_unstored(&mut db, &mut index, &claim);
+        assert!(db.statements.is_empty(), "nothing written at the claim");
+        assert_eq!(row(&mut index, "AKIDa", 7), None);
+        store_answer(&mut db, Some(&mut index), &claim, &fresh, "{}").expect("stored");
+        assert_eq!(db.statements.len(), 1, "one statement: {:?}", db.statements);
+        assert!(db.statements[0].starts_with("INSERT INTO nonces"));
+        assert!(db.statements[0].contains("answer"));
+        assert_eq!(
+            row(&mut index, "AKIDa", 7),
+            Some(1),
+            "remembered once written"
+        );
+        assert_eq!(
+            index.claim_query(&query("AKIDa", 7, "sig-query", 100)),
+            QueryClaim::Stored { row: 1 }
+        );
+    }
+
+    #[test]
+    fn a_query_that_takes_the_nonce_before_the_submission_s_answer_wins() {
+        let mut db = Recorded::default();
+        let mut index = loaded(&[]);
+        let claim = query("AKIDa", 7, "sig-submit", 100);
+        let fresh = claimed_unstored(&mut db, &mut index, &claim);
+        // A query with the same nonce, on a calling thread, while the submission runs.
+        assert_eq!(
+            index.claim_query(&query("AKIDa", 7, "sig-query", 100)),
+            QueryClaim::Fresh
+        );
+        let refused = store_answer(&mut db, Some(&mut index), &claim, &fresh, "{}");
+        assert!(
+            matches!(refused, Err(StoreError::NonceReused { nonce: 7, .. })),
+            "{refused:?}"
+        );
+        assert!(db.statements.is_empty(), "nothing written");
+        assert_eq!(row(&mut index, "AKIDa", 7), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub fn record_nonce(
 ) -> StoreResult<NonceOutcome> {
     Ok(
         match nonces::claim(db, state.nonce_index().as_deref_mut(), claim)? {
-            Claimed::Fresh { .. } => NonceOutcome::Fresh,
+            Claimed::Fresh(_) => NonceOutcome::Fresh,
             Claimed::Resent { answer } => NonceOutcome::Resent { answer },
         },
     )
@@ -98,8 +98,8 @@ fn submit_tasks(
     } = submission;
     let (account, grouped, now, limits) = (*account, *grouped, *now, *limits);
 
-    let nonce_row = match nonces::claim(db, state.nonce_index().as_deref_mut(), nonce)? {
-        Claimed::Fresh { row } => row,
+    let fresh = match nonces::claim_unstored(db, state.nonce_index().as_deref_mut(), nonce)? {
+        Claimed::Fresh(fresh) => fresh,
         Claimed::Resent {
             answer: Some(answer),
         } => return Ok(Submitted::Repeated { answer }),
@@ -114,7 +114,8 @@ fn submit_tasks(
     };
     if let Some(key) = idempotency {
         if let Some(first_answer) = earlier_answer(db, account, key)? {
-            nonces::store_answer(db, nonce_row, &first_answer)?;
+            let mut index = state.nonce_index();
+            nonces::store_answer(db, index.as_deref_mut(), nonce, &fresh, &first_answer)?;
             return Ok(Submitted::Repeated {
                 answer: first_answer,
             });
@@ -163,7 +164,8 @@ fn submit_tasks(
         )?;
     }
     let answer = answer(&report);
-    nonces::store_answer(db, nonce_row, &answer)?;
+    let mut index = state.nonce_index();
+    nonces::store_answer(db, index.as_deref_mut(), nonce, &fresh, &answer)?;
     if let Some(key) = idempotency {
         db.send(
             "INSERT INTO client_tokens (account_id, token, fingerprint, answer, created_at)
