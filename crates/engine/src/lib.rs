@@ -71,6 +71,9 @@ const CHANGING_QUERIES: &[&str] = &["CancelTask"];
 pub enum Answer {
     /// A query's data, placed beside `code` and `message`.
     Data(Map<String, Value>),
+    /// A query's `data`, already written as JSON (a task or chain, written straight from
+    /// its records).
+    RawData(RawJson),
     /// A general asynchronous call: the task (or group) ID and any extra fields.
     Accepted {
         request_id: RequestId,
@@ -81,6 +84,16 @@ pub enum Answer {
         request_id: Option<RequestId>,
         detail: Vec<(ResourceId, Result<RequestId, Refusal>)>,
     },
+}
+
+/// JSON already written; equal to another when their texts are.
+#[derive(Debug, Clone)]
+pub struct RawJson(pub Box<serde_json::value::RawValue>);
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
 }
 
 /// One resource's refusal, with the noun its catalog uses for it ("instance").

@@ -183,6 +183,20 @@ pub fn query(data: &Map<String, Value>) -> String {
     to_body(&Head::ok("", Cow::Borrowed(data)))
 }
 
+/// A synchronous answer whose `data` is already written as JSON.
+pub fn query_raw(data: &serde_json::value::RawValue) -> String {
+    #[derive(Serialize)]
+    struct WithData<'a> {
+        #[serde(flatten)]
+        head: Head<'a>,
+        data: &'a serde_json::value::RawValue,
+    }
+    to_body(&WithData {
+        head: Head::ok("", Cow::Owned(Map::new())),
+        data,
+    })
+}
+
 /// A general asynchronous answer: the task's ID as `requestId`, plus any `extra` fields
 /// (such as the IDs of created resources).
 pub fn general(request_id: u64, mut extra: Map<String, Value>) -> String {

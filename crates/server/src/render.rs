@@ -11,6 +11,7 @@ impl Render for ProtocolRender {
     fn render(&self, outcome: &Outcome) -> String {
         match outcome {
             Ok(Answer::Data(data)) => envelope::query(data),
+            Ok(Answer::RawData(data)) => envelope::query_raw(&data.0),
             Ok(Answer::Accepted { request_id, extra }) => {
                 envelope::general(request_id.get(), extra.clone())
             }

@@ -8,7 +8,7 @@ use super::{
 use crate::args::{ArgError, Args};
 use crate::dispatch::Dispatcher;
 use crate::events::{EventKind, TaskEvent};
-use crate::{views, Answer, EngineError};
+use crate::{views, Answer, EngineError, RawJson};
 use qtask_core::{RequestId, ResourceId, ResourceState, TaskState};
 use qtask_store::{CancelOutcome, Named, Page, PlannedTask, Target, TaskFilter, TaskRecord};
 use serde_json::{json, Map, Value};
@@ -269,17 +269,14 @@ async fn describe_result(
             }
         }
     };
-    let mut data = match &named {
-        Named::Task(task) => views::task(task),
-        Named::Chain(group) => views::group(group),
+    let described = views::Described {
+        named: &named,
+        retry_after: (!named.is_final())
+            .then(|| retry_after(named.tasks(), ctx.dispatcher, ctx.call.now)),
     };
-    if !named.is_final() {
-        let seconds = retry_after(named.tasks(), ctx.dispatcher, ctx.call.now);
-        data["retryAfter"] = json!(seconds);
-    }
-    let mut answer = Map::new();
-    answer.insert("data".into(), data);
-    Ok(Answer::Data(answer))
+    let data = serde_json::value::to_raw_value(&described)
+        .map_err(|e| EngineError::Internal(format!("a task's view: {e}")))?;
+    Ok(Answer::RawData(RawJson(data)))
 }
 
 /// The unfinished tasks a long poll waits for, to read the task or chain again only
