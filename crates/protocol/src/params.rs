@@ -193,6 +193,13 @@ fn normalise_name(name: String) -> String {
 }
 
 fn decode_component(raw: &[u8]) -> Result<String, Vec<u8>> {
+    // Most components have nothing to decode: copied at once, not byte by byte into a
+    // growing buffer (3–5 % of a `describe`).
+    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+        return std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| raw.to_vec());
+    }
     let plus_as_space: Vec<u8>;
     let raw = if raw.contains(&b'+') {
         plus_as_space = raw
@@ -203,7 +210,8 @@ fn decode_component(raw: &[u8]) -> Result<String, Vec<u8>> {
     } else {
         raw
     };
-    let bytes: Vec<u8> = percent_decode(raw).collect();
+    let mut bytes = Vec::with_capacity(raw.len());
+    bytes.extend(percent_decode(raw));
     String::from_utf8(bytes).map_err(|e| e.into_bytes())
 }
 
@@ -421,6 +429,18 @@ mod tests {
             let got = Params::decode(form.as_bytes()).and_then(|p| p.tree(|_| true));
             assert_eq!(got.as_ref().err(), Some(expected), "for {form:?}");
         }
+        // Bytes that are not UTF-8 as sent, not only once decoded.
+        for (form, name) in [(&b"a=\xff"[..], "a"), (&b"b\xffc=1"[..], "b\u{fffd}c")] {
+            assert_eq!(
+                Params::decode(form).err(),
+                Some(ParamError::NotUtf8 { name: name.into() }),
+                "for {form:?}"
+            );
+        }
+        assert_eq!(
+            Params::decode(b"a=x+y%2Bz&b=plain").map(|p| p.get("a").map(str::to_owned)),
+            Ok(Some("x y+z".to_owned()))
+        );
         let message = ParamError::ListGap {
             name: "ids".into(),
             missing: 1,
