@@ -31,6 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use migrations::LATEST as SCHEMA_VERSION;
+/// The client `bulk_client` answers with, for its callers.
+pub use postgres;
 
 const READERS: u32 = 8;
 
@@ -60,6 +62,19 @@ pub fn open(url: &str) -> StoreResult<PostgresStore> {
         readers,
         Some(Arc::new(cluster)),
     )
+}
+
+/// A connection for a bulk load into the store at `url` (`qtask bench fill`), migrated
+/// to the latest schema, and the statement that takes the deployment's write lock in a
+/// transaction: run it first in each, so that the load and any running node's writer
+/// take turns.
+pub fn bulk_client(url: &str) -> StoreResult<(postgres::Client, String)> {
+    let (target, mut client) = connect(url)?;
+    migrations::migrate(&mut client, target.lock_key)?;
+    Ok((
+        client,
+        format!("SELECT pg_advisory_xact_lock({})", target.lock_key),
+    ))
 }
 
 /// Applies the migrations the database lacks; returns the schema version.

@@ -179,13 +179,15 @@ async fn bad_arguments_are_named() {
 
 #[tokio::test]
 async fn fill_leaves_a_store_the_server_serves() {
-    // `bench fill` writes the SQLite file of the data directory.
-    let mut app = TestApp::spawn_on_sqlite(&["--sim-speed", "0"]).await;
+    // `bench fill` writes the store of the tests' backend: the SQLite file of the data
+    // directory, or the PostgreSQL schema (with COPY).
+    let mut app = TestApp::spawn_with(&["--sim-speed", "0"]).await;
     let before = app.create_instances(1, "mine").await;
     assert!(app.terminate().success());
     let output = Command::new(env!("CARGO_BIN_EXE_qtask"))
         .args(["bench", "fill", "--tasks", "3000", "--data-dir"])
         .arg(&app.data_dir)
+        .envs(app.store_env())
         .env("QTASK_LOG", "warn")
         .output()
         .unwrap();
@@ -217,6 +219,25 @@ async fn fill_leaves_a_store_the_server_serves() {
     let instances = app.call("DescribeInstances", &[("limit", "100")]).await;
     assert!(
         instances["totalCount"].as_u64().unwrap() > 50,
+        "{instances}"
+    );
+    // Each filled instance as its history left it: created, then stopped and started in
+    // turn nine times — stopped.
+    let filled: Vec<&serde_json::Value> = instances["instanceSet"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| {
+            i["instanceName"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("fill-"))
+        })
+        .collect();
+    assert!(filled.len() > 50, "{instances}");
+    assert!(
+        filled
+            .iter()
+            .all(|i| i["status"] == 4 && i["statusName"] == "STOPPED"),
         "{instances}"
     );
     // The store still works as before: its own instance, and new calls.
