@@ -578,23 +578,21 @@ mod tests {
         }
     }
 
-    fn claimed_unstored(
-        db: &mut Recorded,
-        index: &mut NonceIndex,
-        claim: &NonceClaim,
-    ) -> FreshNonce {
-        match claim_unstored(db, Some(index), claim).expect("claimed") {
+    /// A submission's nonce 7 of AKIDa, claimed on an empty store and left to its answer.
+    fn submission_claimed() -> (Recorded, NonceIndex, NonceClaim, FreshNonce) {
+        let mut db = Recorded::default();
+        let mut index = loaded(&[]);
+        let claim = query("AKIDa", 7, "sig-submit", 100);
+        let fresh = match claim_unstored(&mut db, Some(&mut index), &claim).expect("claimed") {
             Claimed::Fresh(fresh @ FreshNonce::Unstored(_)) => fresh,
             _ => panic!("a fresh nonce left to its answer"),
-        }
+        };
+        (db, index, claim, fresh)
     }
 
     #[test]
     fn a_submission_s_nonce_is_written_once_with_its_answer() {
-        let mut db = Recorded::default();
-        let mut index = loaded(&[]);
-        let claim = query("AKIDa", 7, "sig-submit", 100);
-        let fresh = claimed_unstored(&mut db, &mut index, &claim);
+        let (mut db, mut index, claim, fresh) = submission_claimed();
         assert!(db.statements.is_empty(), "nothing written at the claim");
         assert_eq!(row(&mut index, "AKIDa", 7), None);
         store_answer(&mut db, Some(&mut index), &claim, &fresh, "{}").expect("stored");
@@ -614,10 +612,7 @@ mod tests {
 
     #[test]
     fn a_query_that_takes_the_nonce_before_the_submission_s_answer_wins() {
-        let mut db = Recorded::default();
-        let mut index = loaded(&[]);
-        let claim = query("AKIDa", 7, "sig-submit", 100);
-        let fresh = claimed_unstored(&mut db, &mut index, &claim);
+        let (mut db, mut index, claim, fresh) = submission_claimed();
         // A query with the same nonce, on a calling thread, while the submission runs.
         assert_eq!(
             index.claim_query(&query("AKIDa", 7, "sig-query", 100)),
