@@ -698,3 +698,27 @@ fn copy(tx: &mut postgres::Transaction<'_>, table: &str, text: &str) -> anyhow::
     writer.finish()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_line_escapes_what_copy_s_text_format_reads_specially() {
+        let mut line = String::new();
+        copy_line(
+            &mut line,
+            &[
+                &7i64,
+                &"a\tb\nc\rd\\e",
+                &Nullable(None),
+                &Nullable(Some("x\\N")),
+                &String::from("{\"k\": \"v\"}"),
+            ],
+        );
+        assert_eq!(
+            line, "7\ta\\tb\\nc\\rd\\\\e\t\\N\tx\\\\N\t{\"k\": \"v\"}\n",
+            "one row: fields split by tabs, a NULL as \\N, a text \\N kept as text"
+        );
+    }
+}
