@@ -60,8 +60,9 @@ const context = await chromium.launchPersistentContext(profile, {
   viewport: { width: 1280, height: 860 },
 });
 const problems = [];
+let page;
 try {
-  const page = context.pages()[0] || await context.newPage();
+  page = context.pages()[0] || await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
@@ -217,6 +218,15 @@ try {
 
   check(problems.length === 0, problems.join('\n'));
   console.log('console e2e: all checks passed');
+} catch (e) {
+  // What the page showed when a step failed: a rare failure is diagnosed from the log.
+  if (page) {
+    console.log(`-- the page at the failure: ${page.url()}`);
+    console.log(await page.locator('main').innerText({ timeout: 2000 }).catch((err) => `(unreadable: ${err.message})`));
+    await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
+  }
+  if (problems.length) console.log(problems.join('\n'));
+  throw e;
 } finally {
   await context.close();
   rmSync(profile, { recursive: true, force: true });
